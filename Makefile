@@ -1,0 +1,58 @@
+# modelcache: `make test` sets up everything it needs (venv, test binaries) and runs every check.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: test venv testenv lint format typecheck unit integration demo clean help
+
+help:
+	@echo "make test      venv + test binaries + lint + format check + mypy + the whole test suite"
+	@echo "make lint      ruff check, ruff format --check, mypy --strict modelcache"
+	@echo "make testenv   build (or reuse) kube-apiserver, etcd, kubectl, helm in ~/.cache/modelcache"
+	@echo "make unit      fast tests, no services"
+	@echo "make integration  tests against real kube-apiserver + etcd and SeaweedFS"
+	@echo "make demo      see it work"
+
+# Re-install when pyproject.toml changes; pip's cache makes a re-install cheap.
+$(INSTALLED): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[dev]'
+	@touch $@
+
+venv: $(INSTALLED)
+
+testenv: venv
+	$(BIN)/modelcache dev build
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict modelcache
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+typecheck: venv
+	$(BIN)/mypy --strict modelcache
+
+unit: venv
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: testenv
+	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+test: testenv lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: venv
+	@echo "make demo arrives with the cache engine and the operator; for now: make testenv && $(BIN)/modelcache dev up"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

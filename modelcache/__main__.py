@@ -1,0 +1,5 @@
+"""`python -m modelcache` is the `modelcache` command."""
+
+from modelcache.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Pydantic models of the contracts (ModelVersion, NodeCache, Manifest); CRDs come from here."""

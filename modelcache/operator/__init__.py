@@ -1,0 +1,1 @@
+"""The kopf operator: ModelVersion -> NodeCache, over a pure rollout planner."""

@@ -1,0 +1,1 @@
+"""L2 store: content-addressed blobs, versioned hard-link trees, atomic `current` flip, GC."""
