@@ -1,0 +1,75 @@
+"""Rules for the names that become paths: versions, model names, files inside a version.
+
+They are checked where input arrives (manifest, CLI, CRD) so that nothing can
+write outside its directory under `versions/` or address an object outside its
+prefix.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import PurePosixPath
+
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9\-.]{0,251}[a-z0-9])?$")
+RESERVED_FILE_NAMES = frozenset({"manifest.json"})
+MAX_PATH_LENGTH = 1024
+
+
+class InvalidName(ValueError):  # noqa: N818 - reads as what it is at the raise site
+    """A version, model name or file path that would be unsafe or ambiguous as a path."""
+
+
+def check_version(version: str) -> str:
+    """A version is one path segment: letters, digits, `.`, `_`, `+`, `-`; never `/` or `..`."""
+    if not _VERSION.match(version) or ".." in version:
+        raise InvalidName(
+            f"invalid version {version!r}: use 1-128 of letters, digits, '.', '_', '+', '-', "
+            "starting with a letter or digit, without '/' or '..'"
+        )
+    return version
+
+
+def check_relative_path(path: str) -> str:
+    """A file path inside a version: relative, POSIX, no `..`, `.` or empty segments."""
+    problem = _relative_path_problem(path)
+    if problem is not None:
+        raise InvalidName(f"invalid file path {path!r} in manifest: {problem}")
+    return path
+
+
+def _relative_path_problem(path: str) -> str | None:
+    if not path:
+        return "empty"
+    if len(path) > MAX_PATH_LENGTH:
+        return f"longer than {MAX_PATH_LENGTH} characters"
+    if "\x00" in path or "\\" in path:
+        return "contains a NUL or a backslash"
+    if path.startswith("/"):
+        return "absolute paths are not allowed"
+    parts = path.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        return "'..', '.' and empty segments are not allowed"
+    if path in RESERVED_FILE_NAMES:
+        return f"{path!r} is reserved for the manifest itself"
+    if PurePosixPath(path).as_posix() != path:
+        return "not in normal form"
+    return None
+
+
+def check_model_name(namespace: str, name: str) -> tuple[str, str]:
+    """Namespace: a DNS label; name: a DNS subdomain (Kubernetes object name rules)."""
+    if not _DNS_LABEL.match(namespace):
+        raise InvalidName(f"invalid namespace {namespace!r}: use a DNS label (a-z, 0-9, '-')")
+    if not _DNS_SUBDOMAIN.match(name) or ".." in name:
+        raise InvalidName(f"invalid model name {name!r}: use a DNS subdomain (a-z, 0-9, '-', '.')")
+    return namespace, name
+
+
+def parse_model_ref(ref: str, default_namespace: str = "default") -> tuple[str, str]:
+    """`name` or `namespace/name` -> (namespace, name), both checked."""
+    namespace, sep, name = ref.partition("/")
+    if not sep:
+        namespace, name = default_namespace, ref
+    return check_model_name(namespace, name)
