@@ -25,8 +25,8 @@ class SourceError(Exception):
     """Anything that went wrong talking to L3; the message names the URL and key."""
 
 
-class InvalidSourceURL(SourceError):  # noqa: N818 - reads as what it is
-    """The URL cannot name a model location (unknown scheme, missing bucket...)."""
+class InvalidSourceURL(SourceError, ValueError):  # noqa: N818 - reads as what it is
+    """The URL cannot name a model location (unknown scheme, missing bucket...): bad input."""
 
 
 class ObjectNotFound(SourceError):  # noqa: N818

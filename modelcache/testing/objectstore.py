@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -36,8 +37,14 @@ class ObjectStore:
         work_dir: Path | None = None,
         startup_timeout: float = 60.0,
         tie_to_parent: bool = True,
+        host: str = LOOPBACK,
+        command_prefix: Sequence[str] = (),
     ) -> None:
+        """`host` and `command_prefix` (e.g. `ip netns exec NS`) put the server behind a
+        shaped link in a network namespace, for benchmarks."""
         self._weed = weed
+        self.host = host
+        self.command_prefix = list(command_prefix)
         self._own_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="modelcache-s3-"))
         self.startup_timeout = startup_timeout
@@ -56,7 +63,7 @@ class ObjectStore:
 
     @property
     def endpoint(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     def start(self) -> ObjectStore:
         weed = self._weed or find_weed()
@@ -65,10 +72,11 @@ class ObjectStore:
         self.process = ManagedProcess(
             "weed",
             [
+                *self.command_prefix,
                 str(weed),
                 "server",
-                f"-ip={LOOPBACK}",
-                f"-ip.bind={LOOPBACK}",
+                f"-ip={self.host}",
+                f"-ip.bind={self.host}",
                 f"-dir={data}",
                 f"-master.port={self.master_port}",
                 f"-master.port.grpc={self.master_grpc_port}",
@@ -106,7 +114,7 @@ class ObjectStore:
 
     def _ready(self) -> bool:
         """The S3 port answers and a bucket can be made (the filer and a volume are up)."""
-        if not is_listening(self.port):
+        if not is_listening(self.port, self.host):
             return False
         try:
             self.create_bucket("modelcache-readiness")

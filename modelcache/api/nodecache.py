@@ -1,0 +1,84 @@
+"""NodeCache: one per node, named after it. The operator writes spec, the node's agent status.
+
+Cluster-scoped because a node is; each agent watches only its own object.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from modelcache.api.k8s import CRDModel, LabelSelector, SecretReference
+
+
+class ReloadTarget(CRDModel):
+    pod_selector: LabelSelector
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    path: str = "/modelcache/reload"
+    timeout_seconds: Annotated[int, Field(ge=1)] = 30
+
+
+class NodeModel(CRDModel):
+    """What this node must hold of one ModelVersion, and which version must be live."""
+
+    namespace: str
+    name: str
+    source: str
+    credentials_secret: SecretReference | None = None
+    versions: list[str]
+    active: str | None = None
+    retain: Annotated[int, Field(ge=1)] = 5
+    reload: ReloadTarget | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class NodeCacheSpec(CRDModel):
+    models: list[NodeModel] = Field(default_factory=list)
+
+
+VersionState = Literal["Pending", "Pulling", "Cached", "Failed"]
+
+
+class HeldVersion(CRDModel):
+    version: str
+    state: VersionState
+    bytes: Annotated[int, Field(ge=0)] = 0
+    bytes_done: Annotated[int, Field(ge=0)] = 0
+    message: str | None = None
+
+
+class PodReload(CRDModel):
+    pod: str
+    version: str
+    ok: bool
+    reason: str | None = None
+    at: dt.datetime
+
+
+class NodeModelStatus(CRDModel):
+    namespace: str
+    name: str
+    active: str | None = None
+    versions: list[HeldVersion] = Field(default_factory=list)
+    bytes_per_second: float | None = None
+    last_error: str | None = None
+    reloads: list[PodReload] = Field(default_factory=list)
+    reloaded_version: str | None = None  # set once every selected pod has acknowledged `active`
+
+
+class DiskStatus(CRDModel):
+    total_bytes: int = 0
+    free_bytes: int = 0
+    blob_bytes: int = 0
+
+
+class NodeCacheStatus(CRDModel):
+    observed_generation: int | None = None
+    models: list[NodeModelStatus] = Field(default_factory=list)
+    disk: DiskStatus | None = None
+    updated_at: dt.datetime | None = None
