@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
@@ -11,36 +10,12 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelcache.api.crd import MODEL_VERSION, NODE_CACHE, crd
 from modelcache.api.k8s import GROUP, VERSION
 
 
 @pytest.fixture(scope="module")
-def model_versions(kube_client: Any) -> client.CustomObjectsApi:
-    extensions = client.ApiextensionsV1Api(kube_client)
-    for resource in (MODEL_VERSION, NODE_CACHE):
-        try:
-            extensions.create_custom_resource_definition(crd(resource))
-        except ApiException as error:
-            if error.status != 409:
-                raise
-    api = client.CustomObjectsApi(kube_client)
-    deadline = time.monotonic() + 30
-    while not served(api):
-        assert time.monotonic() < deadline, "CRDs not served after 30s"
-        time.sleep(0.2)
-    return api
-
-
-def served(api: client.CustomObjectsApi) -> bool:
-    try:
-        api.list_namespaced_custom_object(GROUP, VERSION, "default", "modelversions")
-        api.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
-    except ApiException as error:
-        if error.status != 404:
-            raise
-        return False
-    return True
+def model_versions(crds: client.CustomObjectsApi) -> client.CustomObjectsApi:
+    return crds
 
 
 def model_version(**spec: Any) -> dict[str, Any]:

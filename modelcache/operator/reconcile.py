@@ -1,0 +1,305 @@
+"""One reconcile of one ModelVersion against the cluster: read, plan, write.
+
+Reads the ModelVersion, the Nodes it selects and their NodeCaches; asks the pure
+planner what each node must hold and serve; writes NodeCache specs (only this
+model's entry, with optimistic concurrency), the ModelVersion status, and Events.
+Kept free of kopf so it runs the same from the operator, a test or a benchmark.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelcache.api.k8s import API_VERSION, GROUP, VERSION, Condition
+from modelcache.api.modelversion import (
+    HistoryEntry,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    RolloutState,
+)
+from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus
+from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
+from modelcache.operator.planner import Plan, PlanEvent, plan_rollout
+
+log = logging.getLogger(__name__)
+
+MODEL_VERSIONS = "modelversions"
+NODE_CACHES = "nodecaches"
+HISTORY_LIMIT = 20
+COMPONENT = "modelcache-operator"
+
+Clock = Callable[[], dt.datetime]
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile did; `settled` means nothing will change until something else does."""
+
+    plan: Plan | None
+    settled: bool
+    written_nodes: int
+
+
+class Reconciler:
+    """Reconciles ModelVersions; one instance per operator process."""
+
+    def __init__(self, api: client.ApiClient, *, clock: Clock = utcnow) -> None:
+        self.custom = client.CustomObjectsApi(api)
+        self.core = client.CoreV1Api(api)
+        self.clock = clock
+
+    # -- reading --------------------------------------------------------------------------
+    def _model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            body = cast(
+                dict[str, Any],
+                self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, MODEL_VERSIONS, name
+                ),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return body
+
+    def _selected_nodes(self, spec: ModelVersionSpec) -> list[str]:
+        selector = spec.node_selector.to_label_selector_string()
+        nodes = self.core.list_node(label_selector=selector or None)
+        return sorted(str(n.metadata.name) for n in nodes.items if n.metadata is not None)
+
+    def _node_caches(self) -> dict[str, dict[str, Any]]:
+        listed = cast(
+            dict[str, Any], self.custom.list_cluster_custom_object(GROUP, VERSION, NODE_CACHES)
+        )
+        return {item["metadata"]["name"]: item for item in listed["items"]}
+
+    # -- the step -------------------------------------------------------------------------
+    def reconcile(self, namespace: str, name: str) -> Outcome:
+        body = self._model_version(namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return Outcome(None, True, 0)
+        spec = ModelVersionSpec.model_validate(body["spec"])
+        status = ModelVersionStatus.model_validate(body.get("status") or {})
+        nodes = self._selected_nodes(spec)
+        caches = self._node_caches()
+        statuses = {node: _status(caches.get(node)) for node in nodes}
+        now = self.clock()
+        plan = plan_rollout(
+            spec,
+            nodes,
+            observations(statuses, namespace, name),
+            status.rollout,
+            history=[h.version for h in status.history],
+            now=now,
+        )
+        written = 0
+        for node, assignment in plan.assignments.items():
+            entry = desired_entry(namespace, name, spec, assignment)
+            written += self._write_entry(node, caches.get(node), partial(with_entry, entry=entry))
+        for node, cache in caches.items():
+            if node not in plan.assignments and _has_entry(cache, namespace, name):
+                written += self._write_entry(
+                    node, cache, lambda s: without_entry(s, namespace, name)
+                )
+        new_status = self._status(body, status, plan, now)
+        self._write_status(namespace, name, new_status)
+        for event in plan.events:
+            self._event(body, event)
+        settled = plan.rollout.phase in ("Complete", "Failed") and written == 0
+        return Outcome(plan, settled, written)
+
+    def forget(self, namespace: str, name: str) -> int:
+        """Remove this model from every NodeCache (the ModelVersion is being deleted)."""
+        removed = 0
+        for node, cache in self._node_caches().items():
+            if _has_entry(cache, namespace, name):
+                removed += self._write_entry(
+                    node, cache, lambda s: without_entry(s, namespace, name)
+                )
+        return removed
+
+    # -- writing --------------------------------------------------------------------------
+    def _write_entry(
+        self,
+        node: str,
+        cache: dict[str, Any] | None,
+        change: Callable[[NodeCacheSpec], NodeCacheSpec],
+        attempts: int = 5,
+    ) -> int:
+        """Apply `change` to one NodeCache spec; retry on conflicts. Returns 1 if it wrote."""
+        for _ in range(attempts):
+            if cache is None:
+                spec = change(NodeCacheSpec())
+                try:
+                    self.custom.create_cluster_custom_object(
+                        GROUP,
+                        VERSION,
+                        NODE_CACHES,
+                        {
+                            "apiVersion": API_VERSION,
+                            "kind": "NodeCache",
+                            "metadata": {"name": node},
+                            "spec": spec.to_wire(),
+                        },
+                    )
+                    return 1
+                except ApiException as error:
+                    if error.status != 409:
+                        raise
+            else:
+                current = NodeCacheSpec.model_validate(cache.get("spec") or {})
+                wanted = change(current)
+                if wanted == current:
+                    return 0
+                updated = {**cache, "spec": wanted.to_wire()}
+                try:
+                    self.custom.replace_cluster_custom_object(
+                        GROUP, VERSION, NODE_CACHES, node, updated
+                    )
+                    return 1
+                except ApiException as error:
+                    if error.status != 409:
+                        raise
+            cache = self._read_cache(node)
+        raise RuntimeError(f"NodeCache {node}: conflicting writes, gave up after {attempts} tries")
+
+    def _read_cache(self, node: str) -> dict[str, Any] | None:
+        try:
+            body = cast(
+                dict[str, Any],
+                self.custom.get_cluster_custom_object(GROUP, VERSION, NODE_CACHES, node),
+            )
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return body
+
+    def _status(
+        self, body: dict[str, Any], old: ModelVersionStatus, plan: Plan, now: dt.datetime
+    ) -> ModelVersionStatus:
+        rollout = plan.rollout
+        history = list(old.history)
+        completed = rollout.phase == "Complete" and (
+            old.rollout is None
+            or old.rollout.phase != "Complete"
+            or old.rollout.target != rollout.target
+        )
+        if completed and (not history or history[-1].version != rollout.target):
+            history = [*history, HistoryEntry(version=rollout.target, activated_at=now)][
+                -HISTORY_LIMIT:
+            ]
+        current = rollout.target if rollout.phase == "Complete" else rollout.stable
+        conditions = _conditions(old.conditions, plan, now, body["metadata"].get("generation"))
+        return ModelVersionStatus(
+            observed_generation=body["metadata"].get("generation"),
+            phase=plan.phase,
+            ready=plan.ready,
+            current_version=current,
+            conditions=conditions,
+            versions=list(plan.counts),
+            history=history,
+            rollout=rollout,
+        )
+
+    def _write_status(self, namespace: str, name: str, status: ModelVersionStatus) -> None:
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            MODEL_VERSIONS,
+            name,
+            {"status": status.to_wire()},
+        )
+
+    def _event(self, body: dict[str, Any], event: PlanEvent) -> None:
+        meta = body["metadata"]
+        now = self.clock()
+        try:
+            self.core.create_namespaced_event(
+                meta["namespace"],
+                client.CoreV1Event(
+                    metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}"),
+                    involved_object=client.V1ObjectReference(
+                        api_version=API_VERSION,
+                        kind="ModelVersion",
+                        name=meta["name"],
+                        namespace=meta["namespace"],
+                        uid=meta["uid"],
+                    ),
+                    type=event.type,
+                    reason=event.reason,
+                    message=event.message,
+                    source=client.V1EventSource(component=COMPONENT),
+                    first_timestamp=now,
+                    last_timestamp=now,
+                    count=1,
+                ),
+            )
+        except ApiException as error:  # an event is best effort: never fail a reconcile on it
+            log.warning("could not post event %s: %s", event.reason, error.reason)
+
+
+def _status(cache: dict[str, Any] | None) -> NodeCacheStatus | None:
+    if cache is None or not cache.get("status"):
+        return None
+    return NodeCacheStatus.model_validate(cache["status"])
+
+
+def _has_entry(cache: dict[str, Any], namespace: str, name: str) -> bool:
+    models = (cache.get("spec") or {}).get("models") or []
+    return any(m.get("namespace") == namespace and m.get("name") == name for m in models)
+
+
+def _conditions(
+    old: list[Condition], plan: Plan, now: dt.datetime, generation: int | None
+) -> list[Condition]:
+    rollout: RolloutState = plan.rollout
+    target_counts = next((c for c in plan.counts if c.version == rollout.target), None)
+    cached = target_counts.cached if target_counts else 0
+    wanted = {
+        "Prefetched": (
+            cached == plan.total and plan.total > 0,
+            f"{cached}/{plan.total} nodes hold {rollout.target}",
+        ),
+        "Available": (plan.phase == "Available", f"{plan.ready} nodes serve {rollout.target}"),
+        "Progressing": (
+            rollout.phase in ("Prefetching", "Canary", "Waves"),
+            f"rollout of {rollout.target}: {rollout.phase}",
+        ),
+        "Degraded": (
+            rollout.phase == "Failed",
+            "; ".join(f"{f.node}: {f.reason}" for f in rollout.failed) or "no failures",
+        ),
+    }
+    previous = {c.type: c for c in old}
+    out = []
+    for kind, (true, message) in wanted.items():
+        status = "True" if true else "False"
+        before = previous.get(kind)
+        changed = before is None or before.status != status
+        out.append(
+            Condition(
+                type=kind,
+                status=status,
+                reason=rollout.phase if true else "AsExpected",
+                message=message,
+                last_transition_time=now if changed else before.last_transition_time,  # type: ignore[union-attr]
+                observed_generation=generation,
+            )
+        )
+    return out

@@ -1,0 +1,209 @@
+"""The reconciler on a real API server: NodeCache specs, status, Events, kubectl columns.
+
+Agents are stood in for by writing NodeCache status the way an agent does; the
+operator under test only reads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.operator.reconcile import Reconciler
+from modelcache.testing import KubeControlPlane, Toolchain
+
+
+@pytest.fixture
+def fleet(kube_client: Any, crds: client.CustomObjectsApi) -> Iterator[list[str]]:
+    """Four Node objects with a unique label (no kubelet: Nodes are just API objects here)."""
+    core = client.CoreV1Api(kube_client)
+    pool = uuid.uuid4().hex[:6]
+    names = [f"gpu-{pool}-{i}" for i in range(4)]
+    for name in names:
+        core.create_node({"metadata": {"name": name, "labels": {"pool": pool}}})
+    yield names
+    for name in names:
+        core.delete_node(name)
+        with contextlib.suppress(client.exceptions.ApiException):
+            crds.delete_cluster_custom_object(GROUP, VERSION, "nodecaches", name)
+
+
+def report(
+    api: client.CustomObjectsApi,
+    node: str,
+    model: tuple[str, str],
+    *,
+    cached: list[str],
+    active: str | None,
+    reloaded: str | None,
+    reload_error: str | None = None,
+) -> None:
+    """Write NodeCache status as the node's agent would."""
+    namespace, name = model
+    reloads = []
+    if reload_error:
+        reloads = [
+            {
+                "pod": "studio-0",
+                "version": active,
+                "ok": False,
+                "reason": reload_error,
+                "at": dt.datetime.now(dt.UTC).isoformat(),
+            }
+        ]
+    status = {
+        "models": [
+            {
+                "namespace": namespace,
+                "name": name,
+                "active": active,
+                "reloadedVersion": reloaded,
+                "versions": [{"version": v, "state": "Cached"} for v in cached],
+                "reloads": reloads,
+            }
+        ]
+    }
+    api.patch_cluster_custom_object_status(GROUP, VERSION, "nodecaches", node, {"status": status})
+
+
+def entry(api: client.CustomObjectsApi, node: str, name: str) -> dict[str, Any]:
+    cache = api.get_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
+    (mine,) = [m for m in cache["spec"]["models"] if m["name"] == name]
+    return mine
+
+
+def agents_follow(
+    api: client.CustomObjectsApi, nodes: list[str], name: str, *, fail: dict[str, str] | None = None
+) -> None:
+    """Every agent caches what it is told to hold and serves what it is told to serve."""
+    for node in nodes:
+        wanted = entry(api, node, name)
+        active = wanted.get("active")
+        error = (fail or {}).get(node) if active else None
+        report(
+            api,
+            node,
+            ("default", name),
+            cached=wanted["versions"],
+            active=active,
+            reloaded=None if error else active,
+            reload_error=error,
+        )
+
+
+def test_apply_rollout_and_failed_rollout(
+    kube_client: Any,
+    crds: client.CustomObjectsApi,
+    fleet: list[str],
+    kube: KubeControlPlane,
+    toolchain: Toolchain,
+) -> None:
+    name = f"lora-{uuid.uuid4().hex[:6]}"
+    pool = fleet[0].split("-")[1]
+    crds.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        "default",
+        "modelversions",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelVersion",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"url": "oss://models/lora"},
+                "version": "v1",
+                "nodeSelector": {"matchLabels": {"pool": pool}},
+                "rollout": {"canary": 1, "maxUnavailable": 2},
+            },
+        },
+    )
+    reconciler = Reconciler(kube_client)
+    for _ in range(6):
+        reconciler.reconcile("default", name)
+        agents_follow(crds, fleet, name)
+    outcome = reconciler.reconcile("default", name)
+    status = crds.get_namespaced_custom_object(GROUP, VERSION, "default", "modelversions", name)[
+        "status"
+    ]
+    assert (status["phase"], status["ready"], status["currentVersion"]) == (
+        "Available",
+        "4/4",
+        "v1",
+    )
+    assert outcome.settled
+    assert [h["version"] for h in status["history"]] == ["v1"]
+
+    columns = subprocess.run(
+        [str(toolchain.kubectl), "get", "mv", name, "--no-headers"],
+        env={**os.environ, "KUBECONFIG": str(kube.kubeconfig)},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert columns[:4] == [name, "v1", "4/4", "Available"]
+
+    crds.patch_namespaced_custom_object(
+        GROUP, VERSION, "default", "modelversions", name, {"spec": {"version": "v2"}}
+    )
+    failing = {fleet[1]: "pod refused: rank 16 != slot rank 8"}
+    for _ in range(8):
+        reconciler.reconcile("default", name)
+        agents_follow(crds, fleet, name, fail=failing)
+    reconciler.reconcile("default", name)
+    status = crds.get_namespaced_custom_object(GROUP, VERSION, "default", "modelversions", name)[
+        "status"
+    ]
+    assert status["phase"] == "Degraded"
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True"
+    assert fleet[1] in degraded["message"]
+    assert all(entry(crds, n, name)["active"] == "v1" for n in fleet), "flipped nodes went back"
+
+    events = (
+        client.CoreV1Api(kube_client)
+        .list_namespaced_event("default", field_selector=f"involvedObject.name={name}")
+        .items
+    )
+    warnings = [e for e in events if e.type == "Warning" and e.reason == "RolloutFailed"]
+    assert warnings
+    assert fleet[1] in warnings[0].message
+    assert "rank 16" in warnings[0].message
+
+
+def test_deleting_forgets_the_model_everywhere(
+    kube_client: Any, crds: client.CustomObjectsApi, fleet: list[str]
+) -> None:
+    name = f"vae-{uuid.uuid4().hex[:6]}"
+    pool = fleet[0].split("-")[1]
+    crds.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        "default",
+        "modelversions",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelVersion",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"url": "s3://models/vae"},
+                "version": "v1",
+                "nodeSelector": {"matchLabels": {"pool": pool}},
+            },
+        },
+    )
+    reconciler = Reconciler(kube_client)
+    reconciler.reconcile("default", name)
+    assert entry(crds, fleet[0], name)["versions"] == ["v1"]
+    assert reconciler.forget("default", name) == 4
+    for node in fleet:
+        cache = crds.get_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
+        assert all(m["name"] != name for m in cache["spec"].get("models", []))
