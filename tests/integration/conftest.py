@@ -51,7 +51,8 @@ def crds(kube_client: Any) -> Any:
     """modelcache's CRDs installed from crds/ (the generated files users apply) and served."""
     extensions = client.ApiextensionsV1Api(kube_client)
     for path in sorted((Path(__file__).resolve().parents[2] / "crds").glob("*.yaml")):
-        extensions.create_custom_resource_definition(yaml.safe_load(path.read_text()))
+        for document in yaml.safe_load_all(path.read_text()):
+            extensions.create_custom_resource_definition(document)
     api = client.CustomObjectsApi(kube_client)
     deadline = time.monotonic() + 30
     while True:

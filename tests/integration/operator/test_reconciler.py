@@ -6,98 +6,17 @@ operator under test only reads it.
 
 from __future__ import annotations
 
-import contextlib
-import datetime as dt
 import os
 import subprocess
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from kubernetes import client
 
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.operator.reconcile import Reconciler
 from modelcache.testing import KubeControlPlane, Toolchain
-
-
-@pytest.fixture
-def fleet(kube_client: Any, crds: client.CustomObjectsApi) -> Iterator[list[str]]:
-    """Four Node objects with a unique label (no kubelet: Nodes are just API objects here)."""
-    core = client.CoreV1Api(kube_client)
-    pool = uuid.uuid4().hex[:6]
-    names = [f"gpu-{pool}-{i}" for i in range(4)]
-    for name in names:
-        core.create_node({"metadata": {"name": name, "labels": {"pool": pool}}})
-    yield names
-    for name in names:
-        core.delete_node(name)
-        with contextlib.suppress(client.exceptions.ApiException):
-            crds.delete_cluster_custom_object(GROUP, VERSION, "nodecaches", name)
-
-
-def report(
-    api: client.CustomObjectsApi,
-    node: str,
-    model: tuple[str, str],
-    *,
-    cached: list[str],
-    active: str | None,
-    reloaded: str | None,
-    reload_error: str | None = None,
-) -> None:
-    """Write NodeCache status as the node's agent would."""
-    namespace, name = model
-    reloads = []
-    if reload_error:
-        reloads = [
-            {
-                "pod": "studio-0",
-                "version": active,
-                "ok": False,
-                "reason": reload_error,
-                "at": dt.datetime.now(dt.UTC).isoformat(),
-            }
-        ]
-    status = {
-        "models": [
-            {
-                "namespace": namespace,
-                "name": name,
-                "active": active,
-                "reloadedVersion": reloaded,
-                "versions": [{"version": v, "state": "Cached"} for v in cached],
-                "reloads": reloads,
-            }
-        ]
-    }
-    api.patch_cluster_custom_object_status(GROUP, VERSION, "nodecaches", node, {"status": status})
-
-
-def entry(api: client.CustomObjectsApi, node: str, name: str) -> dict[str, Any]:
-    cache = api.get_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
-    (mine,) = [m for m in cache["spec"]["models"] if m["name"] == name]
-    return mine
-
-
-def agents_follow(
-    api: client.CustomObjectsApi, nodes: list[str], name: str, *, fail: dict[str, str] | None = None
-) -> None:
-    """Every agent caches what it is told to hold and serves what it is told to serve."""
-    for node in nodes:
-        wanted = entry(api, node, name)
-        active = wanted.get("active")
-        error = (fail or {}).get(node) if active else None
-        report(
-            api,
-            node,
-            ("default", name),
-            cached=wanted["versions"],
-            active=active,
-            reloaded=None if error else active,
-            reload_error=error,
-        )
+from tests.integration.operator.support import agents_follow, entry
 
 
 def test_apply_rollout_and_failed_rollout(

@@ -1,0 +1,64 @@
+"""Start the operator: kopf over the handlers, with peering so one replica of several is active."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from pathlib import Path
+
+import kopf
+from kubernetes import client
+from kubernetes import config as kube_config
+from kubernetes.client.exceptions import ApiException
+
+PEERING_GROUP = "kopf.dev"
+PEERING_PLURAL = "clusterkopfpeerings"
+
+
+def ensure_peering(api: client.ApiClient, name: str) -> None:
+    """kopf needs the peering object to exist before replicas can elect a leader."""
+    custom = client.CustomObjectsApi(api)
+    body = {
+        "apiVersion": f"{PEERING_GROUP}/v1",
+        "kind": "ClusterKopfPeering",
+        "metadata": {"name": name},
+    }
+    try:
+        custom.create_cluster_custom_object(PEERING_GROUP, "v1", PEERING_PLURAL, body)
+    except ApiException as error:
+        if error.status != 409:
+            raise
+
+
+def run_operator(
+    *,
+    kubeconfig: Path | None = None,
+    peering: str | None = "modelcache",
+    priority: int = 0,
+    liveness: str | None = None,
+    stop: threading.Event | None = None,
+    ready: threading.Event | None = None,
+) -> None:
+    """Block until stopped. `peering=None` runs standalone (a single replica, no election)."""
+    import modelcache.operator.handlers  # noqa: F401, PLC0415 - registers the handlers
+
+    if kubeconfig is not None:
+        os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's own login reads it too
+    if peering is not None:
+        api = kube_config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
+        with api:
+            ensure_peering(api, peering)
+    memo = kopf.Memo(kubeconfig=os.environ.get("KUBECONFIG"))
+    asyncio.run(
+        kopf.operator(
+            clusterwide=True,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
+            liveness_endpoint=liveness,
+            memo=memo,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    )
