@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from modelcache.api.modelversion import ModelVersionSpec
+from modelcache.api.modelversion import HistoryEntry, ModelVersionSpec
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus, NodeModel
 from modelcache.operator.nodeview import desired_entry, observation, with_entry, without_entry
 from modelcache.operator.planner import Assignment
+from modelcache.operator.rollback import NoRollbackTarget, previous_version
 
 NOW = dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
 
@@ -90,3 +92,12 @@ def test_desired_entry_carries_source_retention_and_reload_target() -> None:
         "matchLabels": {"app": "studio"},
         "matchExpressions": [],
     }
+
+
+def test_previous_version_skips_the_current_one() -> None:
+    history = [HistoryEntry(version=v, activated_at=NOW) for v in ["v1", "v2", "v3"]]
+    assert previous_version(history, "v3") == "v2"
+    assert previous_version(history, "v9") == "v3"
+    assert previous_version(history[:1], "v3") == "v1"
+    with pytest.raises(NoRollbackTarget):
+        previous_version(history[:1], "v1")
