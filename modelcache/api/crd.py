@@ -168,17 +168,24 @@ def render(resource: Resource) -> str:
     return header + yaml.safe_dump(crd(resource), sort_keys=False, width=100)
 
 
-def write_all(directory: Path) -> list[Path]:
+def write_all(directory: Path, chart_crds: Path | None = None) -> list[Path]:
+    """Write the generated CRDs into `directory`; mirror every CRD file into the Helm chart."""
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for resource in RESOURCES:
         path = directory / f"{resource.plural}.{GROUP}.yaml"
         path.write_text(render(resource))
         written.append(path)
+    if chart_crds is not None:
+        chart_crds.mkdir(parents=True, exist_ok=True)
+        for source in sorted(directory.glob("*.yaml")):
+            copy = chart_crds / source.name
+            copy.write_text(source.read_text())
+            written.append(copy)
     return written
 
 
 if __name__ == "__main__":
-    target = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("crds")
-    for path in write_all(target):
+    root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path()
+    for path in write_all(root / "crds", root / "helm" / "modelcache" / "crds"):
         print(path)

@@ -7,7 +7,9 @@ from pathlib import Path
 from modelcache.api.crd import RESOURCES, crd, render
 from modelcache.api.k8s import GROUP
 
-CRDS = Path(__file__).resolve().parents[3] / "crds"
+ROOT = Path(__file__).resolve().parents[3]
+CRDS = ROOT / "crds"
+CHART_CRDS = ROOT / "helm" / "modelcache" / "crds"
 
 
 def test_crds_directory_is_up_to_date() -> None:
@@ -17,6 +19,16 @@ def test_crds_directory_is_up_to_date() -> None:
         assert path.read_text() == render(resource), (
             f"{path} is stale: run python -m modelcache.api.crd"
         )
+
+
+def test_helm_chart_carries_the_same_crds() -> None:
+    for path in CRDS.glob("*.yaml"):
+        copy = CHART_CRDS / path.name
+        assert copy.exists(), f"{copy} missing: run python -m modelcache.api.crd"
+        assert copy.read_text() == path.read_text(), (
+            f"{copy} is stale: run python -m modelcache.api.crd"
+        )
+    assert {p.name for p in CHART_CRDS.glob("*.yaml")} == {p.name for p in CRDS.glob("*.yaml")}
 
 
 def walk(node: object) -> list[dict[str, object]]:

@@ -1,0 +1,8 @@
+{{- define "modelcache.image" -}}
+{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- define "modelcache.labels" -}}
+app.kubernetes.io/name: modelcache
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end -}}
