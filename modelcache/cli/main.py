@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from modelcache import __version__
-from modelcache.cli import dev, operator
+from modelcache.cli import agent, cache, dev, operator
 from modelcache.cli.errors import print_exception, report_error
 
 app = typer.Typer(
@@ -18,6 +18,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+cache.register(app)
+agent.register(app)
 operator.register(app)
 app.add_typer(dev.app, name="dev")
 

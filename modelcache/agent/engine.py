@@ -1,0 +1,359 @@
+"""The node cache engine: L3 -> verified blobs -> a version tree -> an atomic flip.
+
+One engine serves the CLI, the standalone agent and the Kubernetes agent. It
+never decides *what* to hold (that is desired state); it makes the disk hold it,
+downloading only blobs the node does not have, and reports every step as an event.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from modelcache.agent.events import Event, EventLog
+from modelcache.api.manifest import Manifest, ManifestFile
+from modelcache.sources.base import Credentials, ObjectClient, SourceError
+from modelcache.sources.download import (
+    PullOptions,
+    RateLimiter,
+    VerificationError,
+    download_file,
+)
+from modelcache.sources.publish import read_manifest
+from modelcache.sources.registry import open_source
+from modelcache.store import ModelRef, Store, StoreError
+
+SOURCE_RECORD = "source.json"
+
+
+class PullProgress(Protocol):
+    """What a person sees during a pull (rich bars in the CLI; nothing in the daemon)."""
+
+    def start(self, model: str, version: str, total_bytes: int, files: int) -> None: ...
+    def advance(self, nbytes: int) -> None: ...
+    def finish(self) -> None: ...
+
+
+class _NoProgress:
+    def start(self, model: str, version: str, total_bytes: int, files: int) -> None:
+        pass
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PullResult:
+    model: ModelRef
+    version: str
+    files: int
+    files_downloaded: int
+    bytes_downloaded: int
+    seconds: float
+    already_installed: bool
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    bytes: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    unrepaired: list[str] = field(default_factory=list)
+
+
+class CacheEngine:
+    """Pull, install, flip, roll back, verify and retain, on one node's store."""
+
+    def __init__(
+        self,
+        store: Store,
+        events: EventLog,
+        *,
+        options: PullOptions | None = None,
+        credentials: Credentials | None = None,
+        warm_after_pull: bool = True,
+    ) -> None:
+        self.store = store
+        self.events = events
+        self.options = options or PullOptions()
+        self.credentials = credentials
+        self.warm_after_pull = warm_after_pull
+        self._clients: dict[tuple[str, Credentials | None], ObjectClient] = {}
+        self._clients_lock = threading.Lock()
+        # One cap for the whole node, shared by every file and every concurrent pull.
+        self.limiter = (
+            RateLimiter(self.options.bandwidth_limit)
+            if self.options.bandwidth_limit is not None
+            else None
+        )
+
+    # -- L3 -------------------------------------------------------------------------------
+    def client(self, url: str, credentials: Credentials | None = None) -> ObjectClient:
+        """One client per (URL, credentials): connection pools are reused across pulls."""
+        chosen = credentials or self.credentials
+        key = (url, chosen)
+        with self._clients_lock:
+            if key not in self._clients:
+                self._clients[key] = open_source(url, chosen)
+            return self._clients[key]
+
+    def remember_source(self, model: ModelRef, url: str) -> None:
+        """Record where a model comes from, so `use`, `verify` can reach L3 later."""
+        directory = self.store.current_path(model).parent
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{SOURCE_RECORD}.tmp"
+        tmp.write_text(json.dumps({"url": url}))
+        os.replace(tmp, directory / SOURCE_RECORD)
+
+    def source_of(self, model: ModelRef) -> str | None:
+        try:
+            data = json.loads((self.store.current_path(model).parent / SOURCE_RECORD).read_text())
+        except (OSError, ValueError):
+            return None
+        url = data.get("url")
+        return url if isinstance(url, str) else None
+
+    # -- L3 -> L2 -------------------------------------------------------------------------
+    def pull(
+        self,
+        model: ModelRef,
+        url: str,
+        version: str,
+        *,
+        progress: PullProgress | None = None,
+        credentials: Credentials | None = None,
+    ) -> PullResult:
+        """Make `version` installed on this node; download only blobs the node lacks."""
+        shown = progress or _NoProgress()
+        self.remember_source(model, url)
+        if self.store.has_version(model, version):
+            files = len(self.store.manifest(model, version).files)
+            self.events.emit(Event.L2_HIT, model=str(model), version=version, files=files)
+            return PullResult(model, version, files, 0, 0, 0.0, already_installed=True)
+        client = self.client(url, credentials)
+        manifest = read_manifest(client, version)
+        missing = self._missing_blobs(manifest)
+        needed = sum(entry.size for entry in missing.values())
+        self.store.ensure_space(needed)
+        started = time.monotonic()
+        self.events.emit(
+            Event.PULL_START,
+            model=str(model),
+            version=version,
+            source=str(client.url),
+            files=len(manifest.files),
+            files_to_download=len(missing),
+            bytes_to_download=needed,
+        )
+        shown.start(str(model), version, needed, len(missing))
+        downloaded = 0
+        try:
+            for sha256, entry in missing.items():
+                downloaded += self._fetch_blob(
+                    model, client, version, sha256, entry, progress=shown
+                )
+            self.store.install_version(model, manifest)
+        except (SourceError, StoreError) as error:
+            self.events.emit(
+                Event.ERROR, operation="pull", model=str(model), version=version, error=str(error)
+            )
+            raise
+        finally:
+            shown.finish()
+        seconds = time.monotonic() - started
+        self.events.emit(
+            Event.PULL_END,
+            model=str(model),
+            version=version,
+            scheme=client.url.scheme,
+            files_downloaded=len(missing),
+            files_cached=len(manifest.files) - len(missing),
+            bytes_downloaded=downloaded,
+            seconds=round(seconds, 3),
+            rate_bytes_per_second=round(downloaded / seconds) if seconds > 0 else None,
+        )
+        self.events.emit(Event.INSTALL, model=str(model), version=version)
+        if self.warm_after_pull:
+            warmed = self.store.warm(model, version)
+            self.events.emit(Event.WARMUP, model=str(model), version=version, bytes=warmed)
+        return PullResult(
+            model,
+            version,
+            len(manifest.files),
+            len(missing),
+            downloaded,
+            seconds,
+            already_installed=False,
+        )
+
+    def _missing_blobs(self, manifest: Manifest) -> dict[str, ManifestFile]:
+        """One entry per distinct blob the store does not hold yet."""
+        missing: dict[str, ManifestFile] = {}
+        for entry in manifest.files:
+            if entry.sha256 not in missing and not self.store.has_blob(entry.sha256):
+                missing[entry.sha256] = entry
+        return missing
+
+    def _fetch_blob(
+        self,
+        model: ModelRef,
+        client: ObjectClient,
+        version: str,
+        sha256: str,
+        entry: ManifestFile,
+        *,
+        progress: PullProgress,
+    ) -> int:
+        """Download one blob under its lock; another process may have fetched it meanwhile."""
+        with self.store.blob_lock(sha256):
+            if self.store.has_blob(sha256):
+                return 0
+            key = f"{version}/{entry.path}"
+            try:
+                download_file(
+                    client,
+                    key,
+                    entry,
+                    self.store.tmp_path(sha256),
+                    options=self.options,
+                    progress=progress.advance,
+                    limiter=self.limiter,
+                )
+            except VerificationError:
+                self.events.emit(
+                    Event.VERIFY_FAILED, model=str(model), version=version, file=entry.path
+                )
+                raise
+            self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
+        self.events.emit(
+            Event.FILE_FETCHED,
+            model=str(model),
+            version=version,
+            file=entry.path,
+            bytes=entry.size,
+            sha256=sha256,
+        )
+        return entry.size
+
+    # -- L2: flips ------------------------------------------------------------------------
+    def flip(self, model: ModelRef, version: str) -> str | None:
+        """Point `current` at an installed version; returns the version it pointed at."""
+        old = self.store.flip(model, version)
+        self.events.emit(Event.FLIP, model=str(model), version=version, previous=old)
+        return old
+
+    def use(
+        self,
+        model: ModelRef,
+        version: str,
+        url: str | None = None,
+        *,
+        progress: PullProgress | None = None,
+    ) -> tuple[PullResult, str | None]:
+        """Pull when needed, then flip."""
+        source = url or self.source_of(model)
+        if source is None and not self.store.has_version(model, version):
+            raise StoreError(
+                f"{model} has no version {version!r} on this node and no known source: "
+                "pass --source URL"
+            )
+        result = (
+            self.pull(model, source, version, progress=progress)
+            if source is not None
+            else PullResult(model, version, 0, 0, 0, 0.0, already_installed=True)
+        )
+        return result, self.flip(model, version)
+
+    def rollback(self, model: ModelRef) -> tuple[str, str | None]:
+        """Flip back to `previous`: no download, by construction."""
+        old = self.store.current(model)
+        new = self.store.rollback(model)
+        self.events.emit(Event.FLIP, model=str(model), version=new, previous=old, rollback=True)
+        return new, old
+
+    # -- L2: integrity ----------------------------------------------------------------------
+    def verify(
+        self, models: Iterable[ModelRef] | None = None, *, repair: bool = True
+    ) -> VerifyReport:
+        """Re-hash held blobs; re-download corrupt ones from L3 when the source is known."""
+        report = VerifyReport()
+        for model in models if models is not None else self.store.models():
+            for installed in self.store.versions(model):
+                manifest = self.store.manifest(model, installed.version)
+                for entry in manifest.files:
+                    self.verify_file(model, installed.version, entry, report, repair=repair)
+        return report
+
+    def verify_file(
+        self,
+        model: ModelRef,
+        version: str,
+        entry: ManifestFile,
+        report: VerifyReport,
+        *,
+        repair: bool,
+    ) -> None:
+        if entry.sha256 in report.corrupt or entry.sha256 in report.repaired:
+            return
+        report.checked += 1
+        report.bytes += entry.size
+        if self.store.verify_blob(entry.sha256):
+            return
+        report.corrupt.append(entry.sha256)
+        self.events.emit(
+            Event.VERIFY_FAILED,
+            model=str(model),
+            version=version,
+            file=entry.path,
+            sha256=entry.sha256,
+        )
+        source = self.source_of(model) if repair else None
+        if source is None:
+            report.unrepaired.append(entry.sha256)
+            return
+        self.store.quarantine_blob(entry.sha256)
+        client = self.client(source)
+        tmp = self.store.tmp_path(entry.sha256)
+        with self.store.blob_lock(entry.sha256):
+            download_file(
+                client,
+                f"{version}/{entry.path}",
+                entry,
+                tmp,
+                options=self.options,
+                limiter=self.limiter,
+            )
+            self.store.adopt_blob(tmp, entry.sha256)
+        relinked = self.store.relink(entry.sha256)
+        report.repaired.append(entry.sha256)
+        self.events.emit(
+            Event.REPAIR,
+            model=str(model),
+            version=version,
+            file=entry.path,
+            sha256=entry.sha256,
+            relinked=relinked,
+        )
+
+    # -- L2: retention ----------------------------------------------------------------------
+    def retain(self, model: ModelRef, keep: int, protect: Iterable[str] = ()) -> list[str]:
+        removed = self.store.retain(model, keep, protect)
+        for version in removed:
+            self.events.emit(Event.EVICT, model=str(model), version=version)
+        return removed
+
+    def gc(self) -> int:
+        result = self.store.gc()
+        freed = result.blob_bytes_freed + result.tmp_bytes_freed + result.quarantine_bytes_freed
+        if result.blobs_removed or result.tmp_removed or result.quarantine_removed:
+            self.events.emit(Event.GC, bytes_freed=freed, blobs_removed=result.blobs_removed)
+        return freed

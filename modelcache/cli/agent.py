@@ -1,0 +1,117 @@
+"""`modelcache agent`: the node daemon, from a YAML file (standalone) or its NodeCache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated
+
+import typer
+
+from modelcache.cli.options import CacheRoot
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def agent(
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", "-c", help="Standalone mode: the node's desired state (YAML)."),
+    ] = None,
+    node: Annotated[
+        str | None,
+        typer.Option("--node", envvar="NODE_NAME", help="Kubernetes mode: follow NodeCache NODE."),
+    ] = None,
+    cache: CacheRoot = Path("/var/lib/modelcache"),
+    kubeconfig: Annotated[
+        Path | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Default: in-cluster.")
+    ] = None,
+    metrics_port: Annotated[
+        int | None, typer.Option("--metrics-port", help="Kubernetes mode: Prometheus port.")
+    ] = 9400,
+    metrics_host: Annotated[str, typer.Option("--metrics-host")] = "0.0.0.0",  # noqa: S104
+    status_interval: Annotated[
+        float, typer.Option("--status-interval", help="Least seconds between status patches.")
+    ] = 0.5,
+    once: Annotated[
+        bool, typer.Option("--once", help="Standalone: reconcile once and exit (cron, first sync).")
+    ] = False,
+) -> None:
+    """Hold the models this node must hold: pull, verify, flip, call reloads, export metrics."""
+    if (config is None) == (node is None):
+        raise typer.BadParameter("give exactly one of --config (standalone) or --node (Kubernetes)")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if config is not None:
+        _standalone(config, once=once)
+        return
+    assert node is not None
+    _kubernetes(node, cache, kubeconfig, metrics_port, metrics_host, status_interval)
+
+
+def _standalone(config: Path, *, once: bool) -> None:
+    from modelcache.agent.standalone import StandaloneAgent  # noqa: PLC0415 - needs [agent]
+
+    daemon = StandaloneAgent(config)
+    if once:
+        daemon.reconcile()
+        daemon.events.close()
+        return
+    _stop_on_signals(daemon.stop)
+    daemon.run()
+
+
+def _kubernetes(
+    node: str,
+    cache: Path,
+    kubeconfig: Path | None,
+    metrics_port: int | None,
+    metrics_host: str,
+    status_interval: float,
+) -> None:
+    from kubernetes import client  # noqa: PLC0415
+    from kubernetes import config as kube_config  # noqa: PLC0415
+    from prometheus_client import start_http_server  # noqa: PLC0415
+
+    from modelcache.agent.engine import CacheEngine  # noqa: PLC0415
+    from modelcache.agent.events import EventLog  # noqa: PLC0415
+    from modelcache.agent.kubeagent import KubeAgent  # noqa: PLC0415
+    from modelcache.agent.metrics import AgentMetrics  # noqa: PLC0415
+    from modelcache.store import Store  # noqa: PLC0415
+
+    if kubeconfig is None and kube_config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ:
+        kube_config.load_incluster_config()  # type: ignore[no-untyped-call]
+        api = client.ApiClient()
+    else:
+        api = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
+            config_file=str(kubeconfig) if kubeconfig else None
+        )
+    metrics = AgentMetrics()
+    events = EventLog(cache / "events.jsonl", stdout=True, node=node)
+    events.subscribe(metrics.observe)
+    engine = CacheEngine(Store(cache), events)
+    daemon = KubeAgent(api, node, engine, status_interval=status_interval)
+    server = None
+    if metrics_port is not None:
+        server, _ = start_http_server(metrics_port, metrics_host, registry=metrics.registry)
+    _stop_on_signals(daemon.stop)
+    try:
+        daemon.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+        events.close()
+        api.close()  # type: ignore[no-untyped-call]
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(agent)

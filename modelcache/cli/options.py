@@ -1,0 +1,88 @@
+"""Options shared by the cache commands: cache root, L3 credentials, pull tuning."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from modelcache.sources.base import Credentials
+
+if TYPE_CHECKING:
+    from modelcache.sources.download import PullOptions
+
+DEFAULT_ROOT = Path("/var/lib/modelcache")
+
+CacheRoot = Annotated[
+    Path,
+    typer.Option(
+        "--cache",
+        envvar="MODELCACHE_ROOT",
+        help="Node cache root (L2). Default $MODELCACHE_ROOT, else /var/lib/modelcache.",
+    ),
+]
+HighWatermark = Annotated[
+    float,
+    typer.Option(
+        "--high-watermark",
+        envvar="MODELCACHE_HIGH_WATERMARK",
+        min=0.01,
+        max=1.0,
+        help="Refuse a pull that would fill the cache's disk beyond this fraction.",
+    ),
+]
+Endpoint = Annotated[
+    str | None,
+    typer.Option(
+        "--endpoint", help="OSS/S3 endpoint URL (default: OSS_ENDPOINT / AWS_ENDPOINT_URL)."
+    ),
+]
+AccessKeyId = Annotated[str | None, typer.Option("--access-key-id", help="Access key id.")]
+AccessKeySecret = Annotated[
+    str | None,
+    typer.Option("--access-key-secret", help="Access key secret (prefer the environment)."),
+]
+SessionToken = Annotated[str | None, typer.Option("--session-token", help="STS session token.")]
+Concurrency = Annotated[
+    int, typer.Option("--concurrency", min=1, max=256, help="Parallel ranged GETs per file.")
+]
+PartSize = Annotated[str, typer.Option("--part-size", help="Bytes per ranged GET, e.g. 8M.")]
+MaxRate = Annotated[
+    str | None,
+    typer.Option("--max-rate", help="Bandwidth cap in bytes/s, e.g. 10M; none by default."),
+]
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+
+
+def parse_size(text: str, what: str) -> int:
+    """`8M`, `512K`, `1.5G`, `1048576` -> bytes (binary units)."""
+    match = _SIZE.match(text)
+    if match is None:
+        raise typer.BadParameter(f"{what}: {text!r} is not a size like 8M, 512K or 1G")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def credentials(
+    endpoint: str | None, key_id: str | None, secret: str | None, token: str | None
+) -> Credentials | None:
+    if not any((endpoint, key_id, secret, token)):
+        return None
+    return Credentials(
+        endpoint=endpoint, access_key_id=key_id, access_key_secret=secret, session_token=token
+    )
+
+
+def pull_options(concurrency: int, part_size: str, max_rate: str | None) -> PullOptions:
+    from modelcache.sources.download import PullOptions  # noqa: PLC0415 - loads the L3 clients
+
+    defaults = PullOptions()
+    return PullOptions(
+        concurrency=concurrency,
+        part_size=parse_size(part_size, "--part-size"),
+        retries=defaults.retries,
+        bandwidth_limit=float(parse_size(max_rate, "--max-rate")) if max_rate else None,
+    )

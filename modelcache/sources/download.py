@@ -1,0 +1,664 @@
+"""The L3 -> L2 downloader: parallel ranged GETs into one preallocated file, durable resume, verify.
+
+One file is cut into parts; worker threads fetch parts with ranged GETs pinned
+to the ETag that HEAD saw and `pwrite` them at their offsets into one shared fd.
+A resume record beside the partial file (`<dest>.resume.json`) claims finished
+parts, but only after an fsync of the data: a SIGKILL at any instant leaves a
+record that never claims bytes the disk may not hold. Bytes of two versions of
+an object are never mixed: a changed ETag discards everything and starts over.
+The finished file is hashed once (size, sha256, CRC-64/XZ) against the manifest.
+
+Transient failures (`SourceUnreachable`: refused connections, timeouts, 5xx,
+streams cut short) are retried per part with jittered exponential backoff; a
+retried part continues from the last byte it wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_random_exponential,
+)
+
+from modelcache.api.manifest import ManifestFile
+from modelcache.sources.base import (
+    ObjectChanged,
+    ObjectClient,
+    ObjectInfo,
+    Progress,
+    SourceError,
+    SourceUnreachable,
+)
+from modelcache.sources.checksum import Digest, hash_file
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+RESUME_SUFFIX = ".resume.json"
+RECORD_VERSION = 1
+FLUSH_INTERVAL = 0.5
+"""Seconds between durable claims: at most this much finished work is redone after a crash."""
+FLUSH_BYTES = 256 * MiB
+"""...or this many finished bytes, whichever comes first (bounds redo work on fast links)."""
+CHUNK_SIZE = MiB
+"""Bytes per read from a response: big enough for 10 Gbit/s, small enough for smooth progress."""
+HEAD_RETRIES = 2
+"""HEAD fails fast (nothing transferred yet, the caller's loop retries later)."""
+RESTARTS = 1
+"""How often an object that changes under a download is started over before giving up."""
+
+What = Literal["size", "crc64", "sha256"]
+
+
+@dataclass(frozen=True)
+class PullOptions:
+    """How to pull one file. 16 x 8 MiB ranged GETs keep a 100 Mbit/s, 45 ms RTT link full
+    (16 TCP windows ramp up in parallel) and give a 10 Gbit/s LAN enough streams, with
+    128 MiB in flight at most."""
+
+    concurrency: int = 16
+    part_size: int = 8 * MiB
+    retries: int = 6
+    bandwidth_limit: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
+        if self.part_size < 1:
+            raise ValueError(f"part size must be at least 1 byte, not {self.part_size}")
+        if self.retries < 0:
+            raise ValueError(f"retries must not be negative, not {self.retries}")
+        if self.bandwidth_limit is not None and self.bandwidth_limit <= 0:
+            raise ValueError(f"bandwidth limit must be positive, not {self.bandwidth_limit}")
+
+
+class VerificationError(SourceError):
+    """The bytes are not the ones the manifest promises (size, CRC-64/XZ or sha256)."""
+
+    def __init__(self, path: str, what: What, expected: str, actual: str, source: str) -> None:
+        self.path = path
+        self.what = what
+        self.expected = expected
+        self.actual = actual
+        super().__init__(
+            f"{path}: {what} mismatch: expected {expected}, got {actual} (from {source})"
+        )
+
+
+# -- bandwidth ---------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """A token bucket shared by threads (and, if the caller passes one, by several files).
+
+    Takers may run into debt: each waits until the bucket would have refilled, so
+    grants come in arrival order and never exceed `burst + rate * elapsed`.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        if rate <= 0:
+            raise ValueError(f"rate must be positive, not {rate}")
+        self.rate = float(rate)
+        self.burst = float(burst) if burst is not None else self.rate / 4
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._tokens = self.burst
+        self._stamp = clock()
+
+    def reserve(self, amount: int) -> float:
+        """Take `amount` tokens now; returns the seconds to wait before using them."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            self._tokens -= amount
+            return max(0.0, -self._tokens / self.rate)
+
+    def acquire(self, amount: int) -> None:
+        """Block until `amount` bytes may be used."""
+        delay = self.reserve(amount)
+        if delay > 0:
+            self._sleep(delay)
+
+
+# -- part planning and the resume record ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Part:
+    """Bytes [start, end) of the object."""
+
+    index: int
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def part_count(size: int, part_size: int) -> int:
+    return -(-size // part_size)
+
+
+def plan_parts(size: int, part_size: int) -> list[Part]:
+    """Cut [0, size) into consecutive parts of `part_size` (the last one shorter)."""
+    if size < 0 or part_size < 1:
+        raise ValueError(f"cannot plan parts of {part_size} bytes for a size of {size}")
+    return [
+        Part(index, start, min(start + part_size, size))
+        for index, start in enumerate(range(0, size, part_size))
+    ]
+
+
+@dataclass(frozen=True)
+class ResumeRecord:
+    """What a partial file holds durably: the parts of one object version that are on disk."""
+
+    key: str
+    etag: str
+    size: int
+    part_size: int
+    done: frozenset[int] = field(default_factory=frozenset)
+
+    def matches(self, key: str, etag: str, size: int, part_size: int) -> bool:
+        return (self.key, self.etag, self.size, self.part_size) == (key, etag, size, part_size)
+
+    def to_json(self) -> bytes:
+        return json.dumps(
+            {
+                "version": RECORD_VERSION,
+                "key": self.key,
+                "etag": self.etag,
+                "size": self.size,
+                "part_size": self.part_size,
+                "done": sorted(self.done),
+            }
+        ).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes | str) -> ResumeRecord:
+        """Parse a record; ValueError for anything that is not exactly what `to_json` writes."""
+        raw = json.loads(data)
+        if not isinstance(raw, dict):
+            raise ValueError("resume record is not a JSON object")
+        if raw.get("version") != RECORD_VERSION:
+            raise ValueError(f"unknown resume record version {raw.get('version')!r}")
+        key, etag = _field(raw, "key", str), _field(raw, "etag", str)
+        size, part_size = _field(raw, "size", int), _field(raw, "part_size", int)
+        done = _field(raw, "done", list)
+        if size < 0 or part_size < 1:
+            raise ValueError(f"resume record has size {size} and part size {part_size}")
+        parts = part_count(size, part_size)
+        if not all(type(i) is int and 0 <= i < parts for i in done):
+            raise ValueError(f"resume record claims parts outside 0..{parts - 1}")
+        if len(set(done)) != len(done):
+            raise ValueError("resume record claims a part twice")
+        return cls(key, etag, size, part_size, frozenset(done))
+
+
+def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
+    value = raw.get(name)
+    if type(value) is not kind:  # bool is an int subclass: reject it by exact type
+        raise ValueError(f"resume record field {name!r} is missing or not a {kind.__name__}")
+    return value
+
+
+def resume_path(dest: Path) -> Path:
+    """Where the resume record of a partial file lives."""
+    return dest.with_name(dest.name + RESUME_SUFFIX)
+
+
+def load_record(path: Path) -> ResumeRecord | None:
+    """The record at `path`, or None when there is none or it cannot be trusted."""
+    try:
+        return ResumeRecord.from_json(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as error:
+        log.warning("ignoring unreadable resume record %s: %s", path, error)
+        return None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """Write, fsync, rename over `path`, fsync the directory: readers see old or new, whole."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        _pwrite_all(fd, data, 0)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
+
+
+class _Journal:
+    """Claims finished parts in the resume record, never before their bytes are fsynced."""
+
+    def __init__(
+        self,
+        fd: int,
+        path: Path,
+        record: ResumeRecord,
+        *,
+        interval: float = FLUSH_INTERVAL,
+        max_bytes: int = FLUSH_BYTES,
+    ) -> None:
+        self._fd = fd
+        self._path = path
+        self._record = record
+        self._interval = interval
+        self._max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._pending: set[int] = set()
+        self._pending_bytes = 0
+        self._last = time.monotonic()
+
+    def finished(self, part: Part) -> None:
+        with self._lock:
+            self._pending.add(part.index)
+            self._pending_bytes += part.length
+            due = time.monotonic() - self._last >= self._interval
+            if due or self._pending_bytes >= self._max_bytes:
+                self._flush()
+
+    def flush(self) -> None:
+        with self._lock:
+            self._flush()
+
+    def _flush(self) -> None:
+        self._last = time.monotonic()
+        if not self._pending:
+            return
+        os.fsync(self._fd)  # the data first: the record may only claim what is on disk
+        self._record = replace(self._record, done=self._record.done | self._pending)
+        write_atomically(self._path, self._record.to_json())
+        self._pending.clear()
+        self._pending_bytes = 0
+
+
+# -- the download ------------------------------------------------------------------------
+
+
+@dataclass
+class _Cursor:
+    """How much of a part is written: a retry continues from there."""
+
+    part: Part
+    written: int = 0
+
+    @property
+    def position(self) -> int:
+        return self.part.start + self.written
+
+
+class _Aborted(Exception):  # noqa: N818 - internal signal, never escapes
+    """Another part failed: stop this one."""
+
+
+@dataclass
+class _Download:
+    """One attempt at one object version into one fd; `run()` fetches the pending parts."""
+
+    client: ObjectClient
+    key: str
+    info: ObjectInfo
+    fd: int
+    journal: _Journal
+    options: PullOptions
+    progress: Progress | None
+    limiter: RateLimiter | None
+    abort: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def chunk(self) -> int:
+        size = CHUNK_SIZE
+        if self.limiter is not None:  # small reads keep a throttled stream smooth
+            size = max(16 * 1024, min(size, int(self.limiter.rate / 16)))
+        return max(1, min(size, self.options.part_size))
+
+    def run(self, parts: list[Part]) -> None:
+        if not parts:
+            return
+        workers = min(self.options.concurrency, len(parts))
+        with ThreadPoolExecutor(workers, thread_name_prefix="modelcache-pull") as pool:
+            futures = [pool.submit(self.fetch, part) for part in parts]
+            try:
+                wait(futures, return_when=FIRST_EXCEPTION)
+            except BaseException:  # Ctrl-C in the caller: stop the workers, don't finish
+                self._stop(futures)
+                raise
+            if any(f.done() and f.exception() is not None for f in futures):
+                self._stop(futures)
+                raise _first_real_error(futures)
+
+    def _stop(self, futures: list[Future[None]]) -> None:
+        self.abort.set()
+        for future in futures:
+            future.cancel()
+        wait(futures)
+
+    def fetch(self, part: Part) -> None:
+        """Fetch one part, retrying transient failures from the last byte written."""
+        cursor = _Cursor(part)
+        for try_ in self._retrying():
+            with try_:
+                self._stream(cursor)
+                if cursor.written < part.length:
+                    raise SourceUnreachable(
+                        f"{self.client.describe(self.key)}: response ended after "
+                        f"{cursor.written} of {part.length} bytes of part {part.index}"
+                    )
+        self.journal.finished(part)
+
+    def _stream(self, cursor: _Cursor) -> None:
+        """Write the rest of the part as it arrives, advancing the cursor per chunk."""
+        part = cursor.part
+        self._check_abort()
+        ranges = self.client.iter_range(
+            self.key, cursor.position, part.end, etag=self.info.etag, chunk=self.chunk
+        )
+        try:
+            for data in ranges:
+                self._check_abort()
+                if cursor.position + len(data) > part.end:
+                    raise SourceError(
+                        f"{self.client.describe(self.key)}: server sent more than the "
+                        f"{part.length} bytes asked for part {part.index}"
+                    )
+                if self.limiter is not None:
+                    self.limiter.acquire(len(data))
+                _pwrite_all(self.fd, data, cursor.position)
+                cursor.written += len(data)
+                if self.progress is not None:
+                    self.progress(len(data))
+        finally:
+            _close(ranges)  # an abandoned response must not hold its connection
+
+    def _sleep(self, seconds: float) -> None:
+        """Back off, but wake up at once when another part failed."""
+        self.abort.wait(seconds)
+
+    def _check_abort(self) -> None:
+        if self.abort.is_set():
+            raise _Aborted
+
+    def _retrying(self) -> Retrying:
+        return Retrying(
+            stop=stop_after_attempt(self.options.retries + 1),
+            wait=wait_random_exponential(multiplier=0.5, max=30),
+            retry=retry_if_exception_type(SourceUnreachable),
+            sleep=self._sleep,
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+
+
+def _close(chunks: Iterator[bytes]) -> None:
+    close = getattr(chunks, "close", None)
+    if close is not None:
+        close()
+
+
+def _first_real_error(futures: Iterable[Future[None]]) -> BaseException:
+    """The error that stopped the download, not the `_Aborted` it caused in other parts."""
+    errors = [f.exception() for f in futures if not f.cancelled() and f.exception() is not None]
+    real = [e for e in errors if e is not None and not isinstance(e, _Aborted)]
+    changed = [e for e in real if isinstance(e, ObjectChanged)]
+    chosen = (changed or real or errors)[0]
+    assert chosen is not None
+    return chosen
+
+
+def _log_retry(state: RetryCallState) -> None:
+    error = state.outcome.exception() if state.outcome is not None else None
+    log.warning(
+        "retrying a part after attempt %d: %s",
+        state.attempt_number,
+        error,
+        extra={"event": "L3_PART_RETRY", "attempt": state.attempt_number},
+    )
+
+
+def head(client: ObjectClient, key: str, retries: int = HEAD_RETRIES) -> ObjectInfo:
+    """HEAD with a couple of quick retries: a dead endpoint is reported within a second."""
+    for try_ in Retrying(
+        stop=stop_after_attempt(retries + 1),
+        wait=wait_random_exponential(multiplier=0.2, max=1),
+        retry=retry_if_exception_type(SourceUnreachable),
+        reraise=True,
+    ):
+        with try_:
+            return client.head(key)
+    raise AssertionError("unreachable: tenacity reraises")  # pragma: no cover
+
+
+def check_head(client: ObjectClient, key: str, info: ObjectInfo, expected: ManifestFile) -> None:
+    """Refuse before downloading when HEAD already disagrees with the manifest."""
+    where = client.describe(key)
+    if info.size != expected.size:
+        raise VerificationError(expected.path, "size", str(expected.size), str(info.size), where)
+    if info.crc64 is not None and info.crc64 != int(expected.crc64):
+        raise VerificationError(expected.path, "crc64", expected.crc64, str(info.crc64), where)
+
+
+def verify(digest: Digest, expected: ManifestFile, where: str) -> None:
+    """Compare what the file hashes to with the manifest entry; the first difference wins."""
+    checks: list[tuple[What, str, str]] = [
+        ("size", str(expected.size), str(digest.size)),
+        ("sha256", expected.sha256, digest.sha256),
+        ("crc64", expected.crc64, str(digest.crc64)),
+    ]
+    for what, want, got in checks:
+        if want != got:
+            raise VerificationError(expected.path, what, want, got, where)
+
+
+def discard(dest: Path) -> None:
+    """Remove a partial file and its record (record first: it must never outlive its data)."""
+    resume_path(dest).unlink(missing_ok=True)
+    dest.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _open_partial(dest: Path, key: str, info: ObjectInfo, part_size: int) -> Iterator[_Opened]:
+    """Open the partial file for `info`'s version: reuse what a matching record claims,
+    otherwise start from an empty, preallocated file."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    record_path = resume_path(dest)
+    record = load_record(record_path)
+    reusable = (
+        record is not None
+        and record.matches(key, info.etag, info.size, part_size)
+        and _size_of(dest) == info.size
+    )
+    if record is not None and not reusable:
+        log.info(
+            "discarding partial download of %s: it was of another version or layout",
+            key,
+            extra={"event": "L3_RESUME_DISCARDED", "key": key, "etag": info.etag},
+        )
+    if not reusable:
+        discard(dest)
+        record = ResumeRecord(key, info.etag, info.size, part_size)
+    assert record is not None
+    fd = os.open(dest, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not reusable:
+            _preallocate(fd, info.size, dest)
+            write_atomically(record_path, record.to_json())
+        yield _Opened(fd, record)
+    finally:
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    fd: int
+    record: ResumeRecord
+
+
+def _size_of(path: Path) -> int | None:
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return None
+
+
+def _preallocate(fd: int, size: int, dest: Path) -> None:
+    """Reserve the blocks up front: a full disk fails now, not after gigabytes."""
+    if size == 0:
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise OSError(
+                errno.ENOSPC, f"no space left on device for {size} bytes", str(dest)
+            ) from None
+        if error.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        os.ftruncate(fd, size)
+
+
+def download_file(
+    client: ObjectClient,
+    key: str,
+    expected: ManifestFile,
+    dest: Path,
+    *,
+    options: PullOptions = PullOptions(),
+    progress: Progress | None = None,
+    limiter: RateLimiter | None = None,
+) -> Digest:
+    """Download `key` into `dest` (a temp path) and verify it against `expected`.
+
+    Resumes from `dest`'s record when it is for the same object version. `progress`
+    is called from worker threads with the bytes of each chunk received (so resumed
+    parts are not counted, and a restart counts again). `limiter` shares a bandwidth
+    cap across calls; otherwise `options.bandwidth_limit` caps this call alone.
+    Raises VerificationError (partial file removed), ObjectNotFound, ObjectChanged
+    (it kept changing), SourceUnreachable (after retries), OSError (local disk).
+    """
+    if limiter is None and options.bandwidth_limit is not None:
+        limiter = RateLimiter(options.bandwidth_limit)
+    where = client.describe(key)
+    info = head(client, key)
+    for restart in range(RESTARTS + 1):
+        check_head(client, key, info, expected)
+        try:
+            _fetch_all(client, key, info, dest, options=options, progress=progress, limiter=limiter)
+        except ObjectChanged:
+            discard(dest)
+            if restart == RESTARTS:
+                raise ObjectChanged(
+                    f"{where} changed {RESTARTS + 1} times while downloading; is something "
+                    "writing over a published version? Try again later"
+                ) from None
+            log.warning(
+                "%s changed during the download: starting over",
+                where,
+                extra={"event": "L3_OBJECT_CHANGED", "key": key, "etag": info.etag},
+            )
+            info = head(client, key)
+            continue
+        break
+    return _verify_download(dest, info, expected, where)
+
+
+def _fetch_all(
+    client: ObjectClient,
+    key: str,
+    info: ObjectInfo,
+    dest: Path,
+    *,
+    options: PullOptions,
+    progress: Progress | None,
+    limiter: RateLimiter | None,
+) -> None:
+    """Fetch every part not yet on disk; leaves a durable record of what is."""
+    with _open_partial(dest, key, info, options.part_size) as opened:
+        parts = plan_parts(info.size, options.part_size)
+        todo = [p for p in parts if p.index not in opened.record.done]
+        journal = _Journal(opened.fd, resume_path(dest), opened.record)
+        log.info(
+            "downloading %s: %d bytes, %d of %d parts to fetch",
+            client.describe(key),
+            info.size,
+            len(todo),
+            len(parts),
+            extra={
+                "event": "L3_DOWNLOAD_START",
+                "key": key,
+                "size": info.size,
+                "parts": len(parts),
+                "resumed_parts": len(parts) - len(todo),
+            },
+        )
+        download = _Download(client, key, info, opened.fd, journal, options, progress, limiter)
+        try:
+            download.run(todo)
+        finally:
+            journal.flush()  # keep what is on disk claimable, whatever happened
+        os.fsync(opened.fd)
+
+
+def _verify_download(dest: Path, info: ObjectInfo, expected: ManifestFile, where: str) -> Digest:
+    digest = hash_file(dest)
+    try:
+        verify(digest, expected, where)
+        if info.crc64 is not None and info.crc64 != digest.crc64:
+            raise VerificationError(
+                expected.path, "crc64", str(info.crc64), str(digest.crc64), where
+            )
+    except VerificationError:
+        discard(dest)
+        raise
+    resume_path(dest).unlink(missing_ok=True)
+    _fsync_dir(dest.parent)
+    log.info(
+        "downloaded and verified %s",
+        where,
+        extra={"event": "L3_DOWNLOAD_END", "size": digest.size, "sha256": digest.sha256},
+    )
+    return digest

@@ -1,0 +1,145 @@
+"""`modelcache publish`: upload a directory as an immutable version to L3.
+
+Order matters: every file first, then `<version>/manifest.json`, then
+`index.json`. An agent only trusts a version whose manifest exists, so a publish
+that dies halfway leaves nothing an agent would pull.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelcache.api.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, ManifestFile, VersionIndex
+from modelcache.api.names import check_relative_path, check_version
+from modelcache.sources.base import ObjectClient, ObjectNotFound, Progress, SourceError
+from modelcache.sources.checksum import hash_file
+
+log = logging.getLogger(__name__)
+
+
+class VersionExists(SourceError):  # noqa: N818 - reads as what it is
+    """Versions are immutable: publishing over one is refused."""
+
+
+class VersionMissing(SourceError):  # noqa: N818
+    """No manifest at `<prefix>/<version>/manifest.json`."""
+
+
+@dataclass(frozen=True)
+class PublishedFile:
+    local: Path
+    entry: ManifestFile
+
+
+def scan_directory(directory: Path) -> list[tuple[str, Path]]:
+    """(relative POSIX path, file) for every regular file under `directory`, sorted."""
+    if not directory.is_dir():
+        raise SourceError(f"{directory} is not a directory")
+    found: list[tuple[str, Path]] = []
+    for path in sorted(directory.rglob("*")):
+        if path.is_symlink():
+            raise SourceError(f"{path} is a symbolic link: publish real files only")
+        if path.is_file():
+            relative = path.relative_to(directory).as_posix()
+            found.append((check_relative_path(relative), path))
+    if not found:
+        raise SourceError(f"{directory} holds no files to publish")
+    return found
+
+
+def manifest_key(version: str) -> str:
+    return f"{check_version(version)}/{MANIFEST_NAME}"
+
+
+def read_manifest(client: ObjectClient, version: str) -> Manifest:
+    """The manifest of a published version; VersionMissing when there is none."""
+    key = manifest_key(version)
+    try:
+        data = client.get_bytes(key)
+    except ObjectNotFound:
+        raise VersionMissing(f"version {version!r} not found: no {client.describe(key)}") from None
+    try:
+        manifest = Manifest.from_json(data)
+    except ValueError as error:
+        raise SourceError(f"invalid manifest {client.describe(key)}: {error}") from None
+    if manifest.version != version:
+        raise SourceError(
+            f"manifest {client.describe(key)} says version {manifest.version!r}, "
+            f"expected {version!r}"
+        )
+    return manifest
+
+
+def read_index(client: ObjectClient) -> VersionIndex:
+    """`index.json`, or an empty index for a location nothing was published to yet."""
+    try:
+        return VersionIndex.from_json(client.get_bytes(INDEX_NAME))
+    except ObjectNotFound:
+        return VersionIndex()
+    except ValueError as error:
+        raise SourceError(f"invalid index {client.describe(INDEX_NAME)}: {error}") from None
+
+
+def publish(
+    client: ObjectClient,
+    directory: Path,
+    version: str,
+    *,
+    progress: Progress | None = None,
+    on_file: Callable[[str, int], None] | None = None,
+) -> Manifest:
+    """Hash and upload every file of `directory` as `version`, then the manifest, then the index."""
+    check_version(version)
+    if client.exists(manifest_key(version)):
+        raise VersionExists(
+            f"version {version!r} already exists at {client.describe(version)}: versions are "
+            "immutable, publish a new version"
+        )
+    files = scan_directory(directory)
+    entries: list[ManifestFile] = []
+    for relative, path in files:
+        digest = hash_file(path)
+        entry = ManifestFile(
+            path=relative, size=digest.size, sha256=digest.sha256, crc64=str(digest.crc64)
+        )
+        if on_file is not None:
+            on_file(relative, entry.size)
+        key = f"{version}/{relative}"
+        client.put_file(key, path, progress=progress)
+        uploaded = client.head(key)
+        if uploaded.size != entry.size or (
+            uploaded.crc64 is not None and uploaded.crc64 != digest.crc64
+        ):
+            raise SourceError(
+                f"upload of {client.describe(key)} does not match the local file "
+                f"(size {uploaded.size} vs {entry.size}, crc64 {uploaded.crc64} vs {digest.crc64})"
+            )
+        entries.append(entry)
+        log.info("published %s (%d bytes)", client.describe(key), entry.size)
+    manifest = Manifest(version=version, created=dt.datetime.now(dt.UTC), files=tuple(entries))
+    client.put_bytes(manifest_key(version), manifest.to_json())
+    client.put_bytes(INDEX_NAME, read_index(client).with_version(manifest).to_json())
+    return manifest
+
+
+def prune(client: ObjectClient, keep: int, protect: set[str] | None = None) -> list[str]:
+    """Delete the oldest versions beyond `keep` (never a protected one); returns what was deleted.
+
+    The manifest goes first, so a version being deleted is already invisible to agents."""
+    if keep < 1:
+        raise SourceError("--keep must be at least 1")
+    protected = protect or set()
+    index = read_index(client)
+    newest_first = list(reversed(index.versions))
+    doomed = [v.version for v in newest_first[keep:] if v.version not in protected]
+    for version in doomed:
+        manifest = read_manifest(client, version)
+        client.delete([manifest_key(version)])
+        client.delete([f"{version}/{f.path}" for f in manifest.files])
+        client.put_bytes(INDEX_NAME, read_index(client).without({version}).to_json())
+        log.info("pruned version %s from %s", version, client.url)
+    return doomed

@@ -1,0 +1,150 @@
+"""Where everything lives under ROOT: the one place that turns digests and names into paths.
+
+```
+blobs/sha256/<2 hex>/<digest>               read-only blobs
+models/<ns>/<name>/versions/<version>/...   hard links into blobs/ plus manifest.json
+models/<ns>/<name>/{current,previous}       relative symlinks to versions/<v>
+models/<ns>/<name>/pins.json                pinned versions
+tmp/<digest>.part (+ .resume.json)          partial downloads
+tmp/adopted/<digest>                        a second link that keeps a fresh blob until installed
+tmp/quarantine/<digest>-<ns>                corrupt blobs moved out of blobs/
+locks/                                      filelock files
+```
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from modelcache.api.manifest import MANIFEST_NAME
+from modelcache.api.names import InvalidName, check_version
+from modelcache.store.errors import StoreError
+from modelcache.store.refs import ModelRef
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+STAGING_PREFIX = ".staging-"
+DELETING_PREFIX = ".deleting-"
+CURRENT = "current"
+PREVIOUS = "previous"
+PINS = "pins.json"
+VERSIONS = "versions"
+LINK_TMP_SUFFIX = ".tmp"
+PART_SUFFIX = ".part"
+RESUME_SUFFIX = ".resume.json"
+
+
+def check_sha256(sha256: str) -> str:
+    """A digest becomes a path: only 64 lowercase hex characters get that far."""
+    if not _SHA256.match(sha256):
+        raise StoreError(f"invalid sha256 {sha256!r}: expected 64 lowercase hex characters")
+    return sha256
+
+
+def is_sha256(name: str) -> bool:
+    return _SHA256.match(name) is not None
+
+
+def is_version_name(name: str) -> bool:
+    """Entries under versions/ that are versions; staging and deleting dirs start with a dot."""
+    try:
+        check_version(name)
+    except InvalidName:
+        return False
+    return True
+
+
+def token() -> str:
+    """A short random suffix for private temporary names."""
+    return secrets.token_hex(4)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Path arithmetic for one ROOT; no I/O."""
+
+    root: Path
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.root / "blobs" / "sha256"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def tmp_dir(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def holds_dir(self) -> Path:
+        return self.tmp_dir / "adopted"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.tmp_dir / "quarantine"
+
+    @property
+    def locks_dir(self) -> Path:
+        return self.root / "locks"
+
+    @property
+    def blob_locks_dir(self) -> Path:
+        return self.locks_dir / "blobs"
+
+    @property
+    def gc_lock(self) -> Path:
+        return self.locks_dir / "gc.lock"
+
+    def blob_path(self, sha256: str) -> Path:
+        check_sha256(sha256)
+        return self.blobs_dir / sha256[:2] / sha256
+
+    def tmp_path(self, sha256: str) -> Path:
+        return self.tmp_dir / f"{check_sha256(sha256)}{PART_SUFFIX}"
+
+    def hold_path(self, sha256: str) -> Path:
+        return self.holds_dir / check_sha256(sha256)
+
+    def blob_lock(self, sha256: str) -> Path:
+        return self.blob_locks_dir / f"{check_sha256(sha256)}.lock"
+
+    def model_lock(self, model: ModelRef) -> Path:
+        return self.locks_dir / "models" / model.namespace / f"{model.name}.lock"
+
+    def model_dir(self, model: ModelRef) -> Path:
+        return self.models_dir / model.namespace / model.name
+
+    def versions_dir(self, model: ModelRef) -> Path:
+        return self.model_dir(model) / VERSIONS
+
+    def version_dir(self, model: ModelRef, version: str) -> Path:
+        return self.versions_dir(model) / check_version(version)
+
+    def manifest_path(self, model: ModelRef, version: str) -> Path:
+        return self.version_dir(model, version) / MANIFEST_NAME
+
+    def current_link(self, model: ModelRef) -> Path:
+        return self.model_dir(model) / CURRENT
+
+    def previous_link(self, model: ModelRef) -> Path:
+        return self.model_dir(model) / PREVIOUS
+
+    def pins_file(self, model: ModelRef) -> Path:
+        return self.model_dir(model) / PINS
+
+    def staging_dir(self, model: ModelRef, version: str) -> Path:
+        return self.versions_dir(model) / f"{STAGING_PREFIX}{check_version(version)}-{token()}"
+
+    def make_dirs(self) -> None:
+        for directory in (
+            self.blobs_dir,
+            self.models_dir,
+            self.holds_dir,
+            self.quarantine_dir,
+            self.blob_locks_dir,
+        ):
+            directory.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,123 @@
+"""Acceptance: kill -9 mid-pull never exposes a partial version; a full disk loses nothing."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.cli.support import BUCKET, Cli, make_model, same_tree
+
+SMALL = {"lora/20.safetensors": 256 * 1024, "vae/config.json": 700}
+KILL_POINTS = 12
+
+
+def resume_progress(root: Path) -> int:
+    """Parts the (single) partial download's durable record claims."""
+    claimed = 0
+    for record in (root / "tmp").glob("*.resume.json"):
+        try:
+            claimed = max(claimed, len(json.loads(record.read_text())["done"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return claimed
+
+
+def assert_live_untouched(cli: Cli, v1: Path) -> None:
+    assert cli.live().resolve().name == "v1"
+    assert same_tree(v1, cli.live())
+    versions = cli.root / "models/default/lora/versions"
+    assert sorted(p.name for p in versions.iterdir() if not p.name.startswith(".")) == ["v1"]
+
+
+def test_kill_9_at_many_points_then_resume_is_byte_identical(
+    cli: Cli, prefix: str, tmp_path: Path
+) -> None:
+    url = f"oss://{BUCKET}/{prefix}"
+    v1 = make_model(tmp_path / "v1", seed=1, sizes=SMALL)
+    v2 = make_model(tmp_path / "v2", seed=2, sizes={"unet/48.safetensors": 24 * 1024 * 1024})
+    cli.run("publish", str(v1), url, "--version", "v1")
+    cli.run("publish", str(v2), url, "--version", "v2")
+    cli.run("use", "lora", "v1", "--source", url)
+
+    parts = 24 * 1024 * 1024 // (256 * 1024)
+    pull = ("pull", url, "--name", "lora", "--version", "v2", "--part-size", "256K")
+    throttled = (*pull, "--concurrency", "4", "--max-rate", "6M")
+    kills = 0
+    for point in range(1, KILL_POINTS + 1):
+        target = point * parts // (KILL_POINTS + 2)
+        process = cli.popen(*throttled)
+        deadline = time.monotonic() + 60
+        while resume_progress(cli.root) < target and process.poll() is None:
+            assert time.monotonic() < deadline, "pull made no progress"
+            time.sleep(0.02)
+        if process.poll() is not None:
+            break  # finished before this point: the remaining points cannot be hit
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        kills += 1
+        assert_live_untouched(cli, v1)
+    assert kills >= 10, f"only {kills} kills landed mid-download"
+
+    cli.run(*pull)
+    (end,) = [e for e in cli.events("L3_PULL_END") if e["version"] == "v2"]
+    assert 0 < end["bytes_downloaded"] <= 24 * 1024 * 1024
+    cli.run("use", "lora", "v2")
+    assert same_tree(v2, cli.live())
+    assert not list((cli.root / "tmp").glob("*.resume.json"))
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """An 8 MiB tmpfs: a filesystem that really cannot hold the next version."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_version_that_does_not_fit_is_refused_and_live_survives(
+    cli: Cli, prefix: str, tmp_path: Path, small_disk: Path
+) -> None:
+    cli.root = small_disk / "cache"
+    cli.env["MODELCACHE_ROOT"] = str(cli.root)
+    url = f"oss://{BUCKET}/{prefix}"
+    v1 = make_model(tmp_path / "v1", seed=1, sizes=SMALL)
+    v2 = make_model(tmp_path / "v2", seed=2, sizes={"unet/48.safetensors": 12 * 1024 * 1024})
+    cli.run("publish", str(v1), url, "--version", "v1")
+    cli.run("publish", str(v2), url, "--version", "v2")
+    cli.run("use", "lora", "v1", "--source", url)
+
+    refused = cli.run("use", "lora", "v2", check=False)
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    assert "space" in refused.stderr.lower() or "disk" in refused.stderr.lower()
+    assert str(cli.root) in refused.stderr
+    assert_live_untouched(cli, v1)
+
+
+def test_configured_high_watermark_refuses_a_pull(cli: Cli, prefix: str, tmp_path: Path) -> None:
+    url = f"oss://{BUCKET}/{prefix}"
+    v1 = make_model(tmp_path / "v1", seed=1, sizes=SMALL)
+    cli.run("publish", str(v1), url, "--version", "v1")
+    cli.run("use", "lora", "v1", "--source", url)
+    v2 = make_model(tmp_path / "v2", seed=3, sizes=SMALL)
+    cli.run("publish", str(v2), url, "--version", "v2")
+
+    refused = cli.run("use", "lora", "v2", "--high-watermark", "0.01", check=False)
+    assert refused.returncode != 0
+    assert "Traceback" not in refused.stderr
+    assert "watermark" in refused.stderr.lower()
+    assert_live_untouched(cli, v1)

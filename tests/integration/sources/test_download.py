@@ -1,0 +1,405 @@
+"""The downloader against real servers: SeaweedFS via oss2 and boto3, a directory, HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from modelcache.api.manifest import ManifestFile
+from modelcache.sources import oss as oss_backend
+from modelcache.sources import s3 as s3_backend
+from modelcache.sources.base import (
+    Credentials,
+    ObjectChanged,
+    ObjectNotFound,
+    SourceReadOnly,
+    SourceUnreachable,
+)
+from modelcache.sources.checksum import StreamHasher
+from modelcache.sources.download import (
+    PullOptions,
+    RateLimiter,
+    ResumeRecord,
+    VerificationError,
+    download_file,
+    plan_parts,
+    resume_path,
+)
+from modelcache.sources.registry import open_source
+from modelcache.testing import ObjectStore
+from modelcache.testing.ports import free_port
+from tests.integration.sources.conftest import BUCKET, Location, RangeServer, make_location
+
+MiB = 1024 * 1024
+KEY = "v1/unet/48.safetensors"
+PATH = "unet/48.safetensors"
+
+
+def entry_for(data: bytes, path: str = PATH) -> ManifestFile:
+    hasher = StreamHasher()
+    hasher.update(data)
+    digest = hasher.digest()
+    return ManifestFile(path=path, size=digest.size, sha256=digest.sha256, crc64=str(digest.crc64))
+
+
+class Counted:
+    """A thread-safe progress callback; `then` runs after each call (to change the object)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.calls = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, nbytes: int) -> None:
+        with self._lock:
+            self.total += nbytes
+            self.calls += 1
+            calls = self.calls
+        self.then(calls)
+
+    def then(self, calls: int) -> None:
+        """Hook for tests."""
+
+
+def test_multi_part_download_is_byte_identical(location: Location, tmp_path: Path) -> None:
+    data = os.urandom(20 * MiB + 123)
+    location.put(KEY, data)
+    dest, seen = tmp_path / "blob", Counted()
+    options = PullOptions(concurrency=8, part_size=MiB)
+    digest = download_file(
+        location.client, KEY, entry_for(data), dest, options=options, progress=seen
+    )
+    assert dest.read_bytes() == data
+    assert digest.sha256 == entry_for(data).sha256
+    assert seen.total == len(data)
+    assert not resume_path(dest).exists()
+
+
+def test_zero_byte_file(location: Location, tmp_path: Path) -> None:
+    location.put(KEY, b"")
+    dest = tmp_path / "blob"
+    assert download_file(location.client, KEY, entry_for(b""), dest).size == 0
+    assert dest.read_bytes() == b""
+    assert not resume_path(dest).exists()
+
+
+def test_object_modified_after_the_manifest_fails_verification(
+    location: Location, tmp_path: Path
+) -> None:
+    original = os.urandom(3 * MiB)
+    tampered = bytearray(original)
+    tampered[MiB + 1] ^= 0xFF  # same size: only a checksum can tell
+    location.put(KEY, bytes(tampered))
+    dest = tmp_path / "blob"
+    options = PullOptions(part_size=MiB)
+    with pytest.raises(VerificationError) as error:
+        download_file(location.client, KEY, entry_for(original), dest, options=options)
+    assert error.value.what == "sha256"
+    message = str(error.value)
+    assert PATH in message
+    assert entry_for(original).sha256 in message
+    assert entry_for(bytes(tampered)).sha256 in message
+    assert not dest.exists()
+    assert not resume_path(dest).exists()
+
+
+def test_object_of_another_size_is_refused_before_downloading(
+    location: Location, tmp_path: Path
+) -> None:
+    location.put(KEY, b"x" * 1000)
+    seen = Counted()
+    with pytest.raises(VerificationError) as error:
+        download_file(location.client, KEY, entry_for(b"y" * 999), tmp_path / "blob", progress=seen)
+    assert (error.value.what, error.value.expected, error.value.actual) == ("size", "999", "1000")
+    assert seen.total == 0
+
+
+class ChangeOnce(Counted):
+    """Replaces the object (same size) right after the first chunk arrived."""
+
+    def __init__(self, location: Location, new: bytes) -> None:
+        super().__init__()
+        self.location, self.new = location, new
+
+    def then(self, calls: int) -> None:
+        if calls == 1:
+            self.location.put(KEY, self.new)
+
+
+@pytest.mark.parametrize("manifest_of", ["new", "old"])
+def test_object_replaced_mid_download_restarts_on_the_new_version(
+    location: Location, tmp_path: Path, manifest_of: str
+) -> None:
+    old, new = os.urandom(8 * MiB), os.urandom(8 * MiB)
+    location.put(KEY, old)
+    expected = entry_for(new if manifest_of == "new" else old)
+    dest = tmp_path / "blob"
+    changer = ChangeOnce(location, new)  # one worker: no part can finish during the change
+    options = PullOptions(concurrency=1, part_size=MiB)
+    if manifest_of == "new":
+        download_file(location.client, KEY, expected, dest, options=options, progress=changer)
+        assert dest.read_bytes() == new  # never a mix of the two versions
+        assert changer.total > len(new)  # the first attempt's bytes were thrown away
+    else:
+        with pytest.raises(VerificationError) as error:
+            download_file(location.client, KEY, expected, dest, options=options, progress=changer)
+        assert (error.value.expected, error.value.actual) == (
+            entry_for(old).sha256,
+            entry_for(new).sha256,
+        )
+        assert not dest.exists()
+
+
+class ChangeAlways(Counted):
+    def __init__(self, location: Location) -> None:
+        super().__init__()
+        self.location = location
+
+    def then(self, calls: int) -> None:
+        if calls <= 20:
+            self.location.put(KEY, os.urandom(4 * MiB))
+
+
+def test_object_that_keeps_changing_fails_clearly(location: Location, tmp_path: Path) -> None:
+    data = os.urandom(4 * MiB)
+    location.put(KEY, data)
+    dest = tmp_path / "blob"
+    options = PullOptions(concurrency=1, part_size=MiB // 2)
+    with pytest.raises(ObjectChanged, match="changed 2 times"):
+        download_file(
+            location.client,
+            KEY,
+            entry_for(data),
+            dest,
+            options=options,
+            progress=ChangeAlways(location),
+        )
+    assert not dest.exists()
+    assert not resume_path(dest).exists()
+
+
+def test_missing_object_is_not_found(location: Location, tmp_path: Path) -> None:
+    with pytest.raises(ObjectNotFound):
+        download_file(location.client, "v1/none.bin", entry_for(b"x"), tmp_path / "blob")
+    with pytest.raises(ObjectNotFound):
+        location.client.get_bytes("v1/manifest.json")
+    assert not location.client.exists("v1/manifest.json")
+
+
+def test_small_objects_round_trip(location: Location) -> None:
+    if not location.client.writable:
+        with pytest.raises(SourceReadOnly):
+            location.client.put_bytes("index.json", b"{}")
+        with pytest.raises(SourceReadOnly):
+            location.client.delete(["index.json"])
+        return
+    location.client.put_bytes("index.json", b'{"versions": []}')
+    assert location.client.get_bytes("index.json") == b'{"versions": []}'
+    location.client.delete(["index.json", "never-there.json"])
+    assert not location.client.exists("index.json")
+
+
+@pytest.mark.parametrize("scheme", ["oss", "s3"])
+def test_large_upload_goes_multipart_and_downloads_back(
+    scheme: str,
+    store_env: ObjectStore,
+    tmp_path: Path,
+    http_root: tuple[Path, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    backend = oss_backend if scheme == "oss" else s3_backend
+    monkeypatch.setattr(backend, "MULTIPART_THRESHOLD", MiB)
+    monkeypatch.setattr(backend, "PART_SIZE", 5 * MiB)
+    location = make_location(scheme, store_env, tmp_path, http_root)
+    local = tmp_path / "big.bin"
+    local.write_bytes(os.urandom(12 * MiB + 1))
+    sent = Counted()
+    location.client.put_file(KEY, local, progress=sent)
+    assert sent.total == local.stat().st_size
+    dest = tmp_path / "blob"
+    download_file(location.client, KEY, entry_for(local.read_bytes()), dest)
+    assert dest.read_bytes() == local.read_bytes()
+
+
+@pytest.mark.parametrize("retries", [0, 3])
+def test_broken_responses_are_retried_from_the_last_byte(
+    http_server: RangeServer, tmp_path: Path, retries: int
+) -> None:
+    data = os.urandom(4 * MiB)
+    prefix = f"flaky-{retries}-{time.monotonic_ns()}"
+    served = http_server.root / prefix / KEY
+    served.parent.mkdir(parents=True)
+    served.write_bytes(data)
+    client = open_source(f"{http_server.url}/{prefix}")
+    http_server.faults[served.resolve()] = 3  # three responses break off halfway
+    dest, seen = tmp_path / "blob", Counted()
+    options = PullOptions(concurrency=1, part_size=2 * MiB, retries=retries)
+    if retries == 0:
+        with pytest.raises(SourceUnreachable, match="flaky"):
+            download_file(client, KEY, entry_for(data), dest, options=options, progress=seen)
+        return
+    download_file(client, KEY, entry_for(data), dest, options=options, progress=seen)
+    assert dest.read_bytes() == data
+    assert seen.total == len(data)  # retries continued where the broken responses stopped
+    assert http_server.faults[served.resolve()] == 0
+
+
+# -- unreachable endpoints and secrets --------------------------------------------------------
+
+
+@pytest.mark.parametrize("scheme", ["oss", "s3", "http"])
+def test_unreachable_endpoint_is_named(
+    scheme: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("OSS_ENDPOINT", dead)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", dead)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "modelcache")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "modelcache-secret")
+    url = f"{dead}/models" if scheme == "http" else f"{scheme}://{BUCKET}/models"
+    client = open_source(url)
+    with pytest.raises(SourceUnreachable) as error:
+        download_file(
+            client, KEY, entry_for(b"x"), tmp_path / "blob", options=PullOptions(retries=0)
+        )
+    assert dead in str(error.value)
+
+
+@pytest.mark.parametrize("scheme", ["oss", "s3"])
+def test_secrets_stay_out_of_errors(scheme: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    secret, token = "never-print-this-secret", "never-print-this-token"
+    client = open_source(f"{scheme}://{BUCKET}/models", Credentials(dead, "AKID", secret, token))
+    with pytest.raises(SourceUnreachable) as error:
+        client.head(KEY)
+    for text in (str(error.value), repr(error.value), repr(client)):
+        assert secret not in text
+        assert token not in text
+
+
+# -- bandwidth ------------------------------------------------------------------------------
+
+
+def test_bandwidth_limit_holds(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    location = make_location("oss", store_env, tmp_path, http_root)  # one backend is enough
+    cap = 2 * MiB
+    data = os.urandom(6 * MiB)
+    location.put(KEY, data)
+    options = PullOptions(concurrency=8, part_size=MiB // 2, bandwidth_limit=cap)
+    started = time.monotonic()
+    download_file(location.client, KEY, entry_for(data), tmp_path / "blob", options=options)
+    elapsed = time.monotonic() - started
+    assert len(data) / elapsed < 1.3 * cap
+
+
+def test_one_limiter_caps_several_files_together(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    location = make_location("s3", store_env, tmp_path, http_root)
+    cap = 2 * MiB
+    blobs = {f"v1/part-{i}.bin": os.urandom(3 * MiB) for i in range(2)}
+    for key, data in blobs.items():
+        location.put(key, data)
+    limiter = RateLimiter(cap)
+    options = PullOptions(concurrency=4, part_size=MiB // 2)
+    errors: list[BaseException] = []
+
+    def pull(key: str, data: bytes) -> None:
+        try:
+            dest = tmp_path / key.replace("/", "_")
+            download_file(
+                location.client, key, entry_for(data), dest, options=options, limiter=limiter
+            )
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=pull, args=item) for item in blobs.items()]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.monotonic() - started
+    assert not errors
+    assert sum(map(len, blobs.values())) / elapsed < 1.3 * cap
+
+
+# -- kill -9 and resume ----------------------------------------------------------------------
+
+CHILD = """
+import json, sys
+from pathlib import Path
+from modelcache.api.manifest import ManifestFile
+from modelcache.sources.download import PullOptions, download_file
+from modelcache.sources.registry import open_source
+
+job = json.loads(sys.argv[1])
+options = PullOptions(concurrency=4, part_size=job["part_size"], bandwidth_limit=job["rate"])
+entry = ManifestFile.model_validate(job["entry"])
+download_file(open_source(job["url"]), job["key"], entry, Path(job["dest"]), options=options)
+"""
+KILLS = 12
+
+
+def claimed_parts(dest: Path) -> frozenset[int]:
+    try:
+        return ResumeRecord.from_json(resume_path(dest).read_bytes()).done
+    except (OSError, ValueError):
+        return frozenset()
+
+
+@pytest.mark.parametrize("scheme", ["oss", "s3"])
+def test_kill_9_at_many_points_then_resume_is_byte_identical(
+    scheme: str, store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    location = make_location(scheme, store_env, tmp_path, http_root)
+    data, part_size = os.urandom(12 * MiB), 128 * 1024
+    location.put(KEY, data)
+    parts = plan_parts(len(data), part_size)
+    dest = tmp_path / "tmp" / "blob"
+    dest.parent.mkdir()
+    job = {
+        "url": str(location.client.url),
+        "key": KEY,
+        "entry": entry_for(data).model_dump(),
+        "dest": str(dest),
+        "part_size": part_size,
+        "rate": MiB,  # slow enough that twelve kills land before the end
+    }
+    claimed: frozenset[int] = frozenset()
+    for point in range(KILLS):
+        child = subprocess.Popen([sys.executable, "-c", CHILD, json.dumps(job)])
+        try:
+            while claimed_parts(dest) <= claimed and child.poll() is None:
+                time.sleep(0.01)
+            time.sleep(0.03 * (point % 5))  # land at different phases of the parts in flight
+        finally:
+            child.send_signal(signal.SIGKILL)
+            child.wait()
+        assert child.returncode == -signal.SIGKILL, f"the download ended before kill {point + 1}"
+        now = claimed_parts(dest)
+        assert now > claimed, "each run made durable progress"
+        claimed = now
+        partial = dest.read_bytes()
+        for part in parts:  # the record never claims bytes that are not there
+            if part.index in claimed:
+                assert partial[part.start : part.end] == data[part.start : part.end]
+
+    assert len(claimed) < len(parts)
+    seen = Counted()
+    options = PullOptions(concurrency=4, part_size=part_size)
+    download_file(location.client, KEY, entry_for(data), dest, options=options, progress=seen)
+    assert dest.read_bytes() == data
+    assert seen.total == sum(p.length for p in parts if p.index not in claimed)
+    assert seen.total < len(data)
+    assert not resume_path(dest).exists()
