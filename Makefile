@@ -51,8 +51,8 @@ integration: testenv
 test: testenv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-demo: venv
-	@echo "make demo arrives with the cache engine and the operator; for now: make testenv && $(BIN)/modelcache dev up"
+demo: testenv
+	$(BIN)/python examples/demo.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

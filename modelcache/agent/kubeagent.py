@@ -98,12 +98,19 @@ class KubeAgent:
             api, node, self._status, self.stop, min_interval=status_interval
         )
 
+    def request_stop(self) -> None:
+        """From a signal handler: stop now, not at the next resync."""
+        self.stop.set()
+        self._wake.set()
+
     def run(self) -> None:
         self.watcher.start()
         self.reporter.start()
         while not self.stop.is_set():
             self._wake.wait(self.resync_seconds)
             self._wake.clear()
+            if self.stop.is_set():
+                break
             spec = self.watcher.spec
             if spec is None:
                 continue

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -15,9 +15,9 @@ import typer
 from modelcache.cli.options import CacheRoot
 
 
-def _stop_on_signals(stop: threading.Event) -> None:
+def _stop_on_signals(stop: Callable[[], None]) -> None:
     def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop.set()
+        stop()
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
@@ -66,7 +66,7 @@ def _standalone(config: Path, *, once: bool) -> None:
         daemon.reconcile()
         daemon.events.close()
         return
-    _stop_on_signals(daemon.stop)
+    _stop_on_signals(daemon.stop.set)
     daemon.run()
 
 
@@ -103,7 +103,7 @@ def _kubernetes(
     server = None
     if metrics_port is not None:
         server, _ = start_http_server(metrics_port, metrics_host, registry=metrics.registry)
-    _stop_on_signals(daemon.stop)
+    _stop_on_signals(daemon.request_stop)
     try:
         daemon.run()
     finally:

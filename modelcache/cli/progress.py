@@ -85,7 +85,7 @@ class TransferProgress:
             self._task = self._rich.add_task(f"{self._label} ({files} files)", total=total_bytes)
         else:
             print(
-                f"{self._label}: {files} files, {human_bytes(total_bytes)} to download",
+                f"{self._label}: {files} files, {human_bytes(total_bytes)} to transfer",
                 file=sys.stderr,
                 flush=True,
             )

@@ -45,7 +45,8 @@ from modelcache.sources.base import (
     SourceError,
     SourceUnreachable,
 )
-from modelcache.sources.checksum import Digest, hash_file
+from modelcache.sources.checksum import Digest
+from modelcache.sources.ordered_hash import OrderedHasher
 
 log = logging.getLogger(__name__)
 
@@ -348,6 +349,7 @@ class _Download:
     options: PullOptions
     progress: Progress | None
     limiter: RateLimiter | None
+    hasher: OrderedHasher | None = None
     abort: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -410,6 +412,8 @@ class _Download:
                     self.limiter.acquire(len(data))
                 _pwrite_all(self.fd, data, cursor.position)
                 cursor.written += len(data)
+                if self.hasher is not None:
+                    self.hasher.written(part.index, cursor.written)
                 if self.progress is not None:
                     self.progress(len(data))
         finally:
@@ -587,7 +591,9 @@ def download_file(
     for restart in range(RESTARTS + 1):
         check_head(client, key, info, expected)
         try:
-            _fetch_all(client, key, info, dest, options=options, progress=progress, limiter=limiter)
+            digest = _fetch_all(
+                client, key, info, dest, options=options, progress=progress, limiter=limiter
+            )
         except ObjectChanged:
             discard(dest)
             if restart == RESTARTS:
@@ -602,8 +608,8 @@ def download_file(
             )
             info = head(client, key)
             continue
-        break
-    return _verify_download(dest, info, expected, where)
+        return _verify_download(dest, info, expected, where, digest)
+    raise AssertionError("unreachable: the last restart returns or raises")  # pragma: no cover
 
 
 def _fetch_all(
@@ -615,8 +621,9 @@ def _fetch_all(
     options: PullOptions,
     progress: Progress | None,
     limiter: RateLimiter | None,
-) -> None:
-    """Fetch every part not yet on disk; leaves a durable record of what is."""
+) -> Digest:
+    """Fetch every part not yet on disk (a durable record says what is), hashing the file
+    in order while it arrives; returns what the whole file hashes to."""
     with _open_partial(dest, key, info, options.part_size) as opened:
         parts = plan_parts(info.size, options.part_size)
         todo = [p for p in parts if p.index not in opened.record.done]
@@ -635,16 +642,25 @@ def _fetch_all(
                 "resumed_parts": len(parts) - len(todo),
             },
         )
-        download = _Download(client, key, info, opened.fd, journal, options, progress, limiter)
+        hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done)
+        download = _Download(
+            client, key, info, opened.fd, journal, options, progress, limiter, hasher
+        )
         try:
             download.run(todo)
+        except BaseException:
+            hasher.cancel()
+            raise
         finally:
             journal.flush()  # keep what is on disk claimable, whatever happened
+        digest = hasher.result()
         os.fsync(opened.fd)
+        return digest
 
 
-def _verify_download(dest: Path, info: ObjectInfo, expected: ManifestFile, where: str) -> Digest:
-    digest = hash_file(dest)
+def _verify_download(
+    dest: Path, info: ObjectInfo, expected: ManifestFile, where: str, digest: Digest
+) -> Digest:
     try:
         verify(digest, expected, where)
         if info.crc64 is not None and info.crc64 != digest.crc64:

@@ -171,14 +171,15 @@ def cluster(
             "port": port,
         }
     finally:
-        for process in reversed(processes):
-            process.stop()
+        codes = {process.name: process.stop() for process in reversed(processes)}
         for server in pods.values():
             server.shutdown()
             server.server_close()
         for node in nodes:
             core.delete_node(node)
         core.delete_namespace(namespace)
+    agents = {name: code for name, code in codes.items() if name.startswith("agent")}
+    assert set(agents.values()) == {0}, f"agents must exit cleanly on SIGTERM: {agents}"
 
 
 def test_apply_roll_out_fail_back_and_roll_back_without_download(
