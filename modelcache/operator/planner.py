@@ -215,8 +215,10 @@ class _Step:
         done = set(state.flipped) | {f.node for f in state.failed}
         remaining = [n for n in self._eligible(state) if n not in done]
         if not remaining:
+            failed = ", ".join(f.node for f in state.failed)
+            where = f"every node but {failed}" if failed else "every node"
             self.events.append(
-                PlanEvent("Normal", "RolloutComplete", f"{state.target} serves on every node")
+                PlanEvent("Normal", "RolloutComplete", f"{state.target} serves on {where}")
             )
             return state.model_copy(update={"phase": "Complete", "wave_started_at": None})
         batch = remaining[: self._max_unavailable()]
@@ -273,6 +275,8 @@ class _Step:
     def assignment(self, node: str, state: RolloutState) -> Assignment:
         held = _held(self.spec, state)
         failed = {f.node for f in state.failed}
+        if node in failed and state.stable is not None:
+            return Assignment(held, state.stable)  # its pods refused the target: keep it off
         if state.phase == "Complete":
             return Assignment(held, state.target)
         if state.phase == "Failed":
@@ -315,6 +319,8 @@ def _phase(state: RolloutState, serving: int, total: int) -> Phase:
         return "Degraded"
     if state.phase == "Prefetching":
         return "Prefetching"
+    if state.phase == "Complete" and state.failed:
+        return "Degraded"  # finished within the failure threshold, but not everywhere
     if state.phase == "Complete" and serving == total:
         return "Available"
     return "RollingOut"

@@ -282,7 +282,7 @@ def _conditions(
             f"rollout of {rollout.target}: {rollout.phase}",
         ),
         "Degraded": (
-            rollout.phase == "Failed",
+            plan.phase == "Degraded",
             "; ".join(f"{f.node}: {f.reason}" for f in rollout.failed) or "no failures",
         ),
     }

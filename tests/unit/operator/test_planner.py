@@ -229,3 +229,15 @@ def test_rollout_invariants(
     )
     if canary and first_flips:
         assert len(first_flips) == min(canary, bound, nodes)
+
+
+def test_nodes_that_failed_within_the_threshold_stay_on_the_old_version() -> None:
+    """Found by the invariant test: completion must not re-flip nodes whose pods refused."""
+    fleet, state = deployed(3)
+    fleet.reload_fails.add(("gpu-01", "v2"))
+    plans, final = run(fleet, spec("v2", canary=0, maxUnavailable=1, failureThreshold=1), state)
+    assert final.phase == "Complete"
+    assert plans[-1].assignments["gpu-01"].active == "v1"
+    assert {plans[-1].assignments[n].active for n in ("gpu-00", "gpu-02")} == {"v2"}
+    assert plans[-1].phase == "Degraded"
+    assert any("every node but gpu-01" in e.message for p in plans for e in p.events)
