@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +48,20 @@ class _NoProgress:
 
     def finish(self) -> None:
         pass
+
+
+class _ByteCounter:
+    """Counts the bytes that really came over the network (a resumed part is not counted)."""
+
+    def __init__(self, forward: Callable[[int], None]) -> None:
+        self.forward = forward
+        self.total = 0
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int) -> None:
+        with self._lock:
+            self.total += nbytes
+        self.forward(nbytes)
 
 
 @dataclass(frozen=True)
@@ -218,6 +232,7 @@ class CacheEngine:
             if self.store.has_blob(sha256):
                 return 0
             key = f"{version}/{entry.path}"
+            received = _ByteCounter(progress.advance)
             try:
                 download_file(
                     client,
@@ -225,7 +240,7 @@ class CacheEngine:
                     entry,
                     self.store.tmp_path(sha256),
                     options=self.options,
-                    progress=progress.advance,
+                    progress=received.add,
                     limiter=self.limiter,
                 )
             except VerificationError:
@@ -242,7 +257,7 @@ class CacheEngine:
             bytes=entry.size,
             sha256=sha256,
         )
-        return entry.size
+        return received.total
 
     # -- L2: flips ------------------------------------------------------------------------
     def flip(self, model: ModelRef, version: str) -> str | None:

@@ -8,11 +8,14 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelcache.cli.options import CacheRoot
+if TYPE_CHECKING:
+    from modelcache.sources.download import PullOptions
+
+from modelcache.cli.options import CacheRoot, Concurrency, MaxRate, PartSize, pull_options
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -46,8 +49,13 @@ def agent(
     once: Annotated[
         bool, typer.Option("--once", help="Standalone: reconcile once and exit (cron, first sync).")
     ] = False,
+    concurrency: Concurrency = 16,
+    part_size: PartSize = "8M",
+    max_rate: MaxRate = None,
 ) -> None:
-    """Hold the models this node must hold: pull, verify, flip, call reloads, export metrics."""
+    """Hold the models this node must hold: pull, verify, flip, call reloads, export metrics.
+
+    The pull options apply in Kubernetes mode; the standalone config file has its own."""
     if (config is None) == (node is None):
         raise typer.BadParameter("give exactly one of --config (standalone) or --node (Kubernetes)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -55,7 +63,10 @@ def agent(
         _standalone(config, once=once)
         return
     assert node is not None
-    _kubernetes(node, cache, kubeconfig, metrics_port, metrics_host, status_interval)
+    engine_options = pull_options(concurrency, part_size, max_rate)
+    _kubernetes(
+        node, cache, kubeconfig, metrics_port, metrics_host, status_interval, engine_options
+    )
 
 
 def _standalone(config: Path, *, once: bool) -> None:
@@ -77,6 +88,7 @@ def _kubernetes(
     metrics_port: int | None,
     metrics_host: str,
     status_interval: float,
+    options: PullOptions,
 ) -> None:
     from kubernetes import client  # noqa: PLC0415
     from kubernetes import config as kube_config  # noqa: PLC0415
@@ -98,7 +110,7 @@ def _kubernetes(
     metrics = AgentMetrics()
     events = EventLog(cache / "events.jsonl", stdout=True, node=node)
     events.subscribe(metrics.observe)
-    engine = CacheEngine(Store(cache), events)
+    engine = CacheEngine(Store(cache), events, options=options)
     daemon = KubeAgent(api, node, engine, status_interval=status_interval)
     server = None
     if metrics_port is not None:

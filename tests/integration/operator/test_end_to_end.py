@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
+from urllib3.exceptions import ProtocolError
 
 from modelcache.agent.events import read_events
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
@@ -73,6 +74,75 @@ def eventually(
             tails = "\n".join(f"--- {p.name}\n{p.log_tail(15)}" for p in processes)
             raise AssertionError(f"timed out: {what}\n{tails}")
         time.sleep(0.2)
+
+
+class NodeCacheRecorder:
+    """Watches the fleet's NodeCaches and keeps every state the fleet went through."""
+
+    def __init__(self, api: client.CustomObjectsApi, nodes: list[str], namespace: str, name: str):
+        self.nodes, self.key = nodes, (namespace, name)
+        self.current: dict[str, dict[str, Any]] = {}
+        self.states: list[dict[str, dict[str, Any]]] = []
+        self._watch = watch.Watch()
+        self._stopped = False
+        listed = api.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
+        for item in listed["items"]:
+            self._record(item)
+        self._thread = threading.Thread(
+            target=self._run, args=(api, listed["metadata"]["resourceVersion"]), daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, api: client.CustomObjectsApi, resource_version: str) -> None:
+        stream = self._watch.stream(
+            api.list_cluster_custom_object,
+            GROUP,
+            VERSION,
+            "nodecaches",
+            resource_version=resource_version,
+            timeout_seconds=120,
+        )
+        try:
+            for event in stream:
+                self._record(event["object"])
+        except (OSError, ProtocolError):
+            if not self._stopped:
+                raise  # only a stream we closed ourselves may end this way
+
+    def _record(self, body: dict[str, Any]) -> None:
+        node = body["metadata"]["name"]
+        if node not in self.nodes:
+            return
+        spec = next(
+            (
+                m
+                for m in (body.get("spec") or {}).get("models", [])
+                if (m["namespace"], m["name"]) == self.key
+            ),
+            {},
+        )
+        status = next(
+            (
+                m
+                for m in ((body.get("status") or {}).get("models") or [])
+                if (m["namespace"], m["name"]) == self.key
+            ),
+            {},
+        )
+        self.current[node] = {
+            "active": spec.get("active"),
+            "reloaded": status.get("reloadedVersion"),
+        }
+        self.states.append(dict(self.current))
+
+    def in_flight(self, state: dict[str, dict[str, Any]], version: str) -> int:
+        """Nodes told to serve `version` whose pods have not all acknowledged it yet."""
+        return sum(1 for m in state.values() if m["active"] == version and m["reloaded"] != version)
+
+    def stop(self) -> list[dict[str, dict[str, Any]]]:
+        self._stopped = True
+        self._watch.stop()
+        return list(self.states)
 
 
 @pytest.fixture
@@ -258,11 +328,18 @@ def test_apply_roll_out_fail_back_and_roll_back_without_download(
     ).stdout.split()
     assert kubectl[:4] == [name, "v1", f"{NODES}/{NODES}", "Available"]
 
-    # v2 rolls out canary first, one node at a time.
+    # v2 rolls out canary first, one node at a time: checked on every recorded NodeCache state.
+    recorder = NodeCacheRecorder(crds, cluster["nodes"], namespace, name)
     crds.patch_namespaced_custom_object(
         GROUP, VERSION, namespace, "modelversions", name, {"spec": {"version": "v2"}}
     )
     eventually(lambda: live("v2"), "v2 available", processes)
+    states = recorder.stop()
+    assert len(states) > NODES, "the watch recorded the rollout"
+    in_flight = [recorder.in_flight(state, "v2") for state in states]
+    assert max(in_flight) == 1, f"maxUnavailable is 1: nodes between flip and reload {in_flight}"
+    first = next(state for state in states if any(m["active"] == "v2" for m in state.values()))
+    assert [n for n, m in first.items() if m["active"] == "v2"] == [cluster["nodes"][0]]
     order = sorted(
         cluster["nodes"],
         key=lambda n: next(
@@ -344,3 +421,16 @@ def test_apply_roll_out_fail_back_and_roll_back_without_download(
             cluster["root"] / node / "models" / namespace / name / "current"
         ).resolve().name == "v1"
         assert cluster["pods"][node].versions[-1] == "v1"
+
+    # Deleting the ModelVersion removes its entry from every NodeCache; agents then delete files.
+    crds.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name)
+    eventually(
+        lambda: (
+            not any(
+                (cluster["root"] / n / "models" / namespace / name).exists()
+                for n in cluster["nodes"]
+            )
+        ),
+        "every node removed the deleted model's files",
+        processes,
+    )

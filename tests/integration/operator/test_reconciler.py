@@ -126,3 +126,43 @@ def test_deleting_forgets_the_model_everywhere(
     for node in fleet:
         cache = crds.get_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
         assert all(m["name"] != name for m in cache["spec"].get("models", []))
+
+
+def test_joining_node_gets_the_live_version_and_a_leaving_node_is_forgotten(
+    kube_client: Any, crds: client.CustomObjectsApi, fleet: list[str]
+) -> None:
+    core = client.CoreV1Api(kube_client)
+    name = f"tok-{uuid.uuid4().hex[:6]}"
+    pool = fleet[0].split("-")[1]
+    members, newcomer = fleet[:3], fleet[3]
+    core.patch_node(newcomer, {"metadata": {"labels": {"pool": "elsewhere"}}})
+    crds.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        "default",
+        "modelversions",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "ModelVersion",
+            "metadata": {"name": name},
+            "spec": {
+                "source": {"url": "oss://models/tok"},
+                "version": "v1",
+                "nodeSelector": {"matchLabels": {"pool": pool}},
+            },
+        },
+    )
+    reconciler = Reconciler(kube_client)
+    for _ in range(4):
+        reconciler.reconcile("default", name)
+        agents_follow(crds, members, name)
+    assert reconciler.reconcile("default", name).plan.phase == "Available"
+
+    core.patch_node(newcomer, {"metadata": {"labels": {"pool": pool}}})
+    reconciler.reconcile("default", name)
+    assert entry(crds, newcomer, name)["active"] == "v1", "a joining node serves the live version"
+
+    core.patch_node(members[0], {"metadata": {"labels": {"pool": "elsewhere"}}})
+    reconciler.reconcile("default", name)
+    cache = crds.get_cluster_custom_object(GROUP, VERSION, "nodecaches", members[0])
+    assert all(m["name"] != name for m in cache["spec"]["models"]), "a leaving node forgets it"

@@ -1,0 +1,138 @@
+"""An agent killed with SIGKILL mid-pull resumes the pull when it comes back (Kubernetes mode)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from modelcache.agent.events import read_events
+from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.testing import KubeControlPlane, ObjectStore
+from modelcache.testing.process import ManagedProcess
+from tests.integration.cli.support import make_model
+
+SIZE = 16 * 1024 * 1024
+
+
+def claimed_parts(root: Path) -> int:
+    parts = 0
+    for record in (root / "tmp").glob("*.resume.json"):
+        try:
+            parts = max(parts, len(json.loads(record.read_text())["done"]))
+        except (OSError, ValueError, KeyError):
+            continue
+    return parts
+
+
+def test_agent_restarted_mid_pull_resumes(
+    kube: KubeControlPlane,
+    kube_client: Any,
+    crds: client.CustomObjectsApi,
+    object_store: ObjectStore,
+    tmp_path: Path,
+) -> None:
+    object_store.create_bucket("restart-models")
+    url = f"oss://restart-models/base-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "OSS_ENDPOINT": object_store.endpoint, "PYTHONUNBUFFERED": "1"}
+    model = make_model(tmp_path / "v1", seed=5, sizes={"unet/48.safetensors": SIZE})
+    subprocess.run(
+        [sys.executable, "-m", "modelcache", "publish", str(model), url, "--version", "v1"],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    node = f"gpu-{uuid.uuid4().hex[:6]}"
+    root = tmp_path / "cache"
+    core = client.CoreV1Api(kube_client)
+    core.create_node({"metadata": {"name": node}})
+    crds.create_cluster_custom_object(
+        GROUP,
+        VERSION,
+        "nodecaches",
+        {
+            "apiVersion": API_VERSION,
+            "kind": "NodeCache",
+            "metadata": {"name": node},
+            "spec": {
+                "models": [
+                    {
+                        "namespace": "studio",
+                        "name": "sdxl",
+                        "source": url,
+                        "versions": ["v1"],
+                        "active": "v1",
+                    }
+                ]
+            },
+        },
+    )
+
+    def agent() -> ManagedProcess:
+        return ManagedProcess(
+            f"agent {node}",
+            [
+                sys.executable,
+                "-m",
+                "modelcache",
+                "agent",
+                "--node",
+                node,
+                "--cache",
+                str(root),
+                "--kubeconfig",
+                str(kube.kubeconfig),
+                "--metrics-port",
+                "0",
+                "--metrics-host",
+                "127.0.0.1",
+                "--part-size",
+                "256K",
+                "--concurrency",
+                "4",
+                "--max-rate",
+                "4M",
+            ],
+            log_path=tmp_path / "agent.log",
+            env=env,
+        ).start()
+
+    first = agent()
+    try:
+        deadline = time.monotonic() + 60
+        while claimed_parts(root) < 16:
+            assert first.exit_reason() is None, first.exit_reason()
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.05)
+        assert first.pid is not None
+        os.kill(first.pid, signal.SIGKILL)
+    finally:
+        first.stop()
+    assert not (root / "models/studio/sdxl/versions/v1").exists(), "nothing partial is visible"
+
+    second = agent()
+    try:
+        deadline = time.monotonic() + 90
+        while not (root / "models/studio/sdxl/current").exists():
+            assert second.exit_reason() is None, second.exit_reason()
+            assert time.monotonic() < deadline, second.log_tail()
+            time.sleep(0.1)
+    finally:
+        assert second.stop() == 0
+    (end,) = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_END"]
+    assert 0 < end["bytes_downloaded"] < SIZE, "the restarted agent fetched only what was missing"
+    fetched = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_START"]
+    assert len(fetched) == 2, "the pull started twice: once killed, once resumed"
+    assert (root / "models/studio/sdxl/current/unet/48.safetensors").read_bytes() == (
+        model / "unet/48.safetensors"
+    ).read_bytes()
+    core.delete_node(node)
+    crds.delete_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
