@@ -7,7 +7,7 @@ from typing import Any
 
 from kubernetes import client
 
-from modelcache.api.k8s import GROUP, VERSION
+from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 
 
 def report(
@@ -71,3 +71,16 @@ def agents_follow(
             reloaded=None if error else active,
             reload_error=error,
         )
+
+
+def apply_model_version(
+    api: client.CustomObjectsApi, name: str, spec: dict[str, Any], namespace: str = "default"
+) -> None:
+    """Create a ModelVersion, as `kubectl apply` of its manifest would."""
+    body = {
+        "apiVersion": API_VERSION,
+        "kind": "ModelVersion",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+    api.create_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", body)

@@ -14,10 +14,10 @@ import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.api.k8s import GROUP, VERSION
 from modelcache.testing import KubeControlPlane
 from modelcache.testing.process import ManagedProcess
-from tests.integration.operator.support import agents_follow, entry
+from tests.integration.operator.support import agents_follow, apply_model_version, entry
 
 
 def start_operator(kube: KubeControlPlane, log: Path) -> ManagedProcess:
@@ -75,21 +75,14 @@ def test_operator_rolls_out_resumes_after_restart_and_cleans_up(
 ) -> None:
     name = f"lora-{uuid.uuid4().hex[:6]}"
     pool = fleet[0].split("-")[1]
-    crds.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        "default",
-        "modelversions",
+    apply_model_version(
+        crds,
+        name,
         {
-            "apiVersion": API_VERSION,
-            "kind": "ModelVersion",
-            "metadata": {"name": name},
-            "spec": {
-                "source": {"url": "oss://models/lora"},
-                "version": "v1",
-                "nodeSelector": {"matchLabels": {"pool": pool}},
-                "rollout": {"canary": 1, "maxUnavailable": 1},
-            },
+            "source": {"url": "oss://models/lora"},
+            "version": "v1",
+            "nodeSelector": {"matchLabels": {"pool": pool}},
+            "rollout": {"canary": 1, "maxUnavailable": 1},
         },
     )
     eventually(lambda: all(has_entry(crds, n, name) for n in fleet), "NodeCache entries", operator)

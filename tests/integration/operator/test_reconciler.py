@@ -13,10 +13,10 @@ from typing import Any
 
 from kubernetes import client
 
-from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.api.k8s import GROUP, VERSION
 from modelcache.operator.reconcile import Reconciler
 from modelcache.testing import KubeControlPlane, Toolchain
-from tests.integration.operator.support import agents_follow, entry
+from tests.integration.operator.support import agents_follow, apply_model_version, entry
 
 
 def test_apply_rollout_and_failed_rollout(
@@ -28,21 +28,14 @@ def test_apply_rollout_and_failed_rollout(
 ) -> None:
     name = f"lora-{uuid.uuid4().hex[:6]}"
     pool = fleet[0].split("-")[1]
-    crds.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        "default",
-        "modelversions",
+    apply_model_version(
+        crds,
+        name,
         {
-            "apiVersion": API_VERSION,
-            "kind": "ModelVersion",
-            "metadata": {"name": name},
-            "spec": {
-                "source": {"url": "oss://models/lora"},
-                "version": "v1",
-                "nodeSelector": {"matchLabels": {"pool": pool}},
-                "rollout": {"canary": 1, "maxUnavailable": 2},
-            },
+            "source": {"url": "oss://models/lora"},
+            "version": "v1",
+            "nodeSelector": {"matchLabels": {"pool": pool}},
+            "rollout": {"canary": 1, "maxUnavailable": 2},
         },
     )
     reconciler = Reconciler(kube_client)
@@ -103,20 +96,13 @@ def test_deleting_forgets_the_model_everywhere(
 ) -> None:
     name = f"vae-{uuid.uuid4().hex[:6]}"
     pool = fleet[0].split("-")[1]
-    crds.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        "default",
-        "modelversions",
+    apply_model_version(
+        crds,
+        name,
         {
-            "apiVersion": API_VERSION,
-            "kind": "ModelVersion",
-            "metadata": {"name": name},
-            "spec": {
-                "source": {"url": "s3://models/vae"},
-                "version": "v1",
-                "nodeSelector": {"matchLabels": {"pool": pool}},
-            },
+            "source": {"url": "s3://models/vae"},
+            "version": "v1",
+            "nodeSelector": {"matchLabels": {"pool": pool}},
         },
     )
     reconciler = Reconciler(kube_client)
@@ -136,20 +122,13 @@ def test_joining_node_gets_the_live_version_and_a_leaving_node_is_forgotten(
     pool = fleet[0].split("-")[1]
     members, newcomer = fleet[:3], fleet[3]
     core.patch_node(newcomer, {"metadata": {"labels": {"pool": "elsewhere"}}})
-    crds.create_namespaced_custom_object(
-        GROUP,
-        VERSION,
-        "default",
-        "modelversions",
+    apply_model_version(
+        crds,
+        name,
         {
-            "apiVersion": API_VERSION,
-            "kind": "ModelVersion",
-            "metadata": {"name": name},
-            "spec": {
-                "source": {"url": "oss://models/tok"},
-                "version": "v1",
-                "nodeSelector": {"matchLabels": {"pool": pool}},
-            },
+            "source": {"url": "oss://models/tok"},
+            "version": "v1",
+            "nodeSelector": {"matchLabels": {"pool": pool}},
         },
     )
     reconciler = Reconciler(kube_client)
