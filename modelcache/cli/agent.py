@@ -15,7 +15,14 @@ import typer
 if TYPE_CHECKING:
     from modelcache.sources.download import PullOptions
 
-from modelcache.cli.options import CacheRoot, Concurrency, MaxRate, PartSize, pull_options
+from modelcache.cli.options import (
+    CacheRoot,
+    Concurrency,
+    MaxRate,
+    PartSize,
+    parse_size,
+    pull_options,
+)
 
 
 def _stop_on_signals(stop: Callable[[], None]) -> None:
@@ -52,6 +59,16 @@ def agent(
     concurrency: Concurrency = 16,
     part_size: PartSize = "8M",
     max_rate: MaxRate = None,
+    verify_rate: Annotated[
+        str,
+        typer.Option(
+            "--verify-rate",
+            help="Kubernetes mode: I/O budget of the continuous re-verification (0 turns it off).",
+        ),
+    ] = "64M",
+    verify_interval: Annotated[
+        float, typer.Option("--verify-interval", help="Kubernetes mode: seconds per full pass.")
+    ] = 24 * 3600,
 ) -> None:
     """Hold the models this node must hold: pull, verify, flip, call reloads, export metrics.
 
@@ -64,8 +81,16 @@ def agent(
         return
     assert node is not None
     engine_options = pull_options(concurrency, part_size, max_rate)
+    verify_budget = parse_size(verify_rate, "--verify-rate")
     _kubernetes(
-        node, cache, kubeconfig, metrics_port, metrics_host, status_interval, engine_options
+        node,
+        cache,
+        kubeconfig,
+        metrics_port,
+        metrics_host,
+        status_interval,
+        engine_options,
+        (verify_budget, verify_interval),
     )
 
 
@@ -89,6 +114,7 @@ def _kubernetes(
     metrics_host: str,
     status_interval: float,
     options: PullOptions,
+    verify: tuple[int, float],
 ) -> None:
     from kubernetes import client  # noqa: PLC0415
     from kubernetes import config as kube_config  # noqa: PLC0415
@@ -98,6 +124,7 @@ def _kubernetes(
     from modelcache.agent.events import EventLog  # noqa: PLC0415
     from modelcache.agent.kubeagent import KubeAgent  # noqa: PLC0415
     from modelcache.agent.metrics import AgentMetrics  # noqa: PLC0415
+    from modelcache.agent.scrubber import Scrubber  # noqa: PLC0415
     from modelcache.store import Store  # noqa: PLC0415
 
     if kubeconfig is None and kube_config.incluster_config.SERVICE_HOST_ENV_NAME in os.environ:
@@ -115,10 +142,23 @@ def _kubernetes(
     server = None
     if metrics_port is not None:
         server, _ = start_http_server(metrics_port, metrics_host, registry=metrics.registry)
+    scrubber = None
+    verify_budget, verify_interval = verify
+    if verify_budget > 0:
+        scrubber = Scrubber(
+            engine,
+            bytes_per_second=verify_budget,
+            pass_interval=verify_interval,
+            repair=True,
+            stop=daemon.stop,
+        )
+        scrubber.start()
     _stop_on_signals(daemon.request_stop)
     try:
         daemon.run()
     finally:
+        if scrubber is not None:
+            scrubber.join(timeout=30)
         if server is not None:
             server.shutdown()
         events.close()

@@ -100,6 +100,8 @@ def test_agent_restarted_mid_pull_resumes(
                 "4",
                 "--max-rate",
                 "4M",
+                "--verify-interval",
+                "1",
             ],
             log_path=tmp_path / "agent.log",
             env=env,
@@ -125,9 +127,17 @@ def test_agent_restarted_mid_pull_resumes(
             assert second.exit_reason() is None, second.exit_reason()
             assert time.monotonic() < deadline, second.log_tail()
             time.sleep(0.1)
+        # The continuous re-verification finds a flipped bit and repairs it from L3.
+        with (root / "models/studio/sdxl/current/unet/48.safetensors").open("r+b") as handle:
+            handle.write(b"\x00" * 32)
+        while not [e for e in read_events(root / "events.jsonl") if e["event"] == "L2_REPAIR"]:
+            assert second.exit_reason() is None, second.exit_reason()
+            assert time.monotonic() < deadline, second.log_tail()
+            time.sleep(0.1)
     finally:
         assert second.stop() == 0
-    (end,) = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_END"]
+    ends = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_END"]
+    end = ends[0]
     assert 0 < end["bytes_downloaded"] < SIZE, "the restarted agent fetched only what was missing"
     fetched = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_START"]
     assert len(fetched) == 2, "the pull started twice: once killed, once resumed"
