@@ -1,0 +1,214 @@
+"""The reload endpoint: POST {"model", "version", "path"} -> swap -> the verdict as JSON.
+
+One transport-free core (`ReloadService.handle`) and two thin transports over it: a
+stdlib HTTP server on a thread (`ReloadServer`, for a pod with no web framework) and a
+plain ASGI callable (`asgi_app`, to mount in an existing FastAPI/Starlette/any ASGI app
+without this package depending on one). Answers, as `modelcache.agent.reload` reads them:
+200 {"ok": true, "live_version", "timings": {read_s, verify_s, stage_s, swap_s, ...}};
+409 {"ok": false, "reason", "live_version"} when a version is refused (the live one
+stays); 400 for a malformed call, 404 for a model this pod does not serve.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.runtime import LoraRuntime
+
+MAX_BODY = 64 * 1024
+RELOAD_PATH = "/modelcache/reload"
+STATUS_PATH = "/modelcache/status"
+METRICS_PATH = "/metrics"
+
+Answer = tuple[int, dict[str, Any]]
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class ReloadService:
+    """The runtimes this pod serves, by model name, and the reload call's semantics."""
+
+    def __init__(self, runtimes: Iterable[LoraRuntime]) -> None:
+        self.runtimes = {runtime.name: runtime for runtime in runtimes}
+
+    def handle(self, body: bytes) -> Answer:
+        """Parse, swap, answer; never raises."""
+        try:
+            call = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            return 400, {"ok": False, "reason": f"body is not JSON: {error}", "live_version": None}
+        fields = {"model", "version", "path"}
+        if not isinstance(call, dict) or not all(isinstance(call.get(k), str) for k in fields):
+            return 400, {
+                "ok": False,
+                "reason": 'expected {"model": str, "version": str, "path": str}',
+                "live_version": None,
+            }
+        runtime = self.runtimes.get(call["model"])
+        if runtime is None:
+            return 404, {
+                "ok": False,
+                "reason": f"this pod serves {sorted(self.runtimes)}, not {call['model']!r}",
+                "live_version": None,
+            }
+        try:
+            result = runtime.swap(call["version"], Path(call["path"]))
+        except SwapRefused as refusal:
+            return 409, {
+                "ok": False,
+                "reason": refusal.reason,
+                "kind": refusal.kind,
+                "live_version": runtime.live_version,
+            }
+        return 200, result.to_json()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "models": {
+                name: {"live_version": rt.live_version, "in_flight": rt.controller.in_flight}
+                for name, rt in self.runtimes.items()
+            }
+        }
+
+    def metrics(self) -> bytes:
+        registries = {id(rt.metrics.registry): rt.metrics.registry for rt in self.runtimes.values()}
+        return b"".join(generate_latest(r) for r in registries.values())
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ReloadServer
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        if self.path != self.server.reload_path:
+            self._json(404, {"ok": False, "reason": f"POST {self.server.reload_path}"})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._json(413, {"ok": False, "reason": f"body over {MAX_BODY} bytes"})
+            return
+        self._json(*self.server.service.handle(self.rfile.read(length)))
+
+    def do_GET(self) -> None:
+        if self.path == METRICS_PATH:
+            self._send(200, self.server.service.metrics(), CONTENT_TYPE_LATEST)
+        elif self.path == STATUS_PATH:
+            self._json(200, self.server.service.status())
+        else:
+            self._json(404, {"ok": False, "reason": f"no {self.path}"})
+
+    def _json(self, status: int, answer: dict[str, Any]) -> None:
+        self._send(status, json.dumps(answer).encode(), "application/json")
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass  # swaps log through `logging`; per-call access lines would be noise
+
+
+class ReloadServer(ThreadingHTTPServer):
+    """`with ReloadServer(service, port=8000) as server:` serves on a daemon thread."""
+
+    daemon_threads = True
+
+    def __init__(
+        self,
+        service: ReloadService,
+        *,
+        host: str = "0.0.0.0",  # noqa: S104 - the agent calls the pod by its IP
+        port: int = 8000,
+        reload_path: str = RELOAD_PATH,
+    ) -> None:
+        super().__init__((host, port), _Handler)
+        self.service = service
+        self.reload_path = reload_path
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return int(self.server_address[1])
+
+    def url(self, path: str | None = None) -> str:
+        host = str(self.server_address[0])
+        return f"http://{host}:{self.port}{path or self.reload_path}"
+
+    def start(self) -> ReloadServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="reload", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.shutdown()
+        self.server_close()
+        if self._thread is not None:
+            self._thread.join()
+
+    def __enter__(self) -> ReloadServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def asgi_app(service: ReloadService) -> ASGIApp:
+    """An ASGI callable: POST -> reload, GET -> status. Mount it at the reload path.
+
+    The swap runs in a worker thread: it may wait for requests in flight on this very
+    event loop to drain, which they could not do if the loop were blocked."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                kind = message["type"].removeprefix("lifespan.")
+                await send({"type": f"lifespan.{kind}.complete"})
+                if kind == "shutdown":
+                    return
+        if scope["type"] != "http":
+            return
+        method = scope.get("method", "GET")
+        if method == "GET":
+            await _asgi_json(send, 200, service.status())
+            return
+        if method != "POST":
+            await _asgi_json(send, 405, {"ok": False, "reason": "POST a reload call"})
+            return
+        body = b""
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            if len(body) > MAX_BODY:
+                await _asgi_json(send, 413, {"ok": False, "reason": f"body over {MAX_BODY} bytes"})
+                return
+            if not message.get("more_body", False):
+                break
+        status, answer = await asyncio.to_thread(service.handle, body)
+        await _asgi_json(send, status, answer)
+
+    return app
+
+
+async def _asgi_json(send: Send, status: int, answer: dict[str, Any]) -> None:
+    body = json.dumps(answer).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,224 @@
+"""`LoraRuntime`: one model's resident LoRA, its swap pipeline and its request boundary.
+
+A swap is read (manifest, header, settings) -> validate (every key, shape, dtype,
+setting against the slots) -> stage (the file into the host mirror, hashed on the way)
+-> verify (sha256 against the manifest) -> swap (at the request boundary: drain, copy,
+switch). Everything before the swap touches only the mirror, so any refusal leaves the
+live weights and version as they were. Swaps are serialised: one mirror, one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry
+from torch import nn
+
+from modelcache.runtime.controller import SwapController
+from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.metrics import RuntimeMetrics
+from modelcache.runtime.plan import KeyMap, make_plan, peft_keys
+from modelcache.runtime.safetensors_format import read_header
+from modelcache.runtime.settings import (
+    AdapterSettings,
+    settings_from_config,
+    settings_from_metadata,
+)
+from modelcache.runtime.slots import LoraSlots
+from modelcache.runtime.source import ADAPTER_CONFIG, open_version
+from modelcache.runtime.staging import Staging
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """How a runtime finds and checks its adapter.
+
+    `model` is the name the agent uses in reload calls ("<namespace>/<name>");
+    `adapter_file` the weights' path in the version (None: the one .safetensors listed);
+    `root` confines reload paths (the hostPath mount), None allows any path."""
+
+    model: str
+    adapter_file: str | None = None
+    config_file: str = ADAPTER_CONFIG
+    root: Path | None = None
+    drain_timeout_s: float = 120.0
+    pin_memory: bool | None = None  # None: pin when the slots are on a GPU
+    key_map: KeyMap = field(default=peft_keys)
+
+
+@dataclass(frozen=True)
+class SwapResult:
+    model: str
+    version: str
+    previous: str | None
+    path: Path  # the resolved version directory
+    bytes: int
+    timings: dict[str, float]
+    unchanged: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "model": self.model,
+            "live_version": self.version,
+            "previous_version": self.previous,
+            "path": str(self.path),
+            "bytes": self.bytes,
+            "unchanged": self.unchanged,
+            "timings": self.timings,
+        }
+
+
+class LoraRuntime:
+    """Build once the model is on its device: `runtime = LoraRuntime(model, RuntimeConfig(...))`.
+
+    Serve with `with runtime.request() as version: ...`; swap with `runtime.swap(v, path)`
+    (or the reload endpoint, or `watch_current`)."""
+
+    def __init__(
+        self, model: nn.Module, config: RuntimeConfig, *, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.slots = LoraSlots(model)
+        pin = config.pin_memory
+        if pin is None:
+            pin = self.slots.device.type == "cuda"
+        self.staging = Staging(self.slots.layout, pin=pin)
+        self.controller = SwapController(drain_timeout_s=config.drain_timeout_s)
+        self.metrics = RuntimeMetrics(registry)
+        self._swap_lock = threading.Lock()
+        self._live_path: Path | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.model
+
+    @property
+    def live_version(self) -> str | None:
+        return self.controller.live_version
+
+    @contextmanager
+    def request(self) -> Iterator[str | None]:
+        """Run one request (or one whole generation) on one version; yields that version."""
+        with self.controller.request() as version:
+            gauge = self.metrics.in_flight.labels(self.name)
+            gauge.inc()
+            try:
+                yield version
+            finally:
+                gauge.dec()
+
+    @asynccontextmanager
+    async def request_async(self) -> AsyncIterator[str | None]:
+        """`request()` for asyncio code (waits for a swap without blocking the loop)."""
+        async with self.controller.request_async() as version:
+            gauge = self.metrics.in_flight.labels(self.name)
+            gauge.inc()
+            try:
+                yield version
+            finally:
+                gauge.dec()
+
+    def swap(self, version: str, path: Path) -> SwapResult:
+        """Make `version` (the directory `path`) live, or raise SwapRefused and change nothing."""
+        try:
+            with self._swap_lock:
+                result = self._swap(version, Path(path))
+        except SwapRefused as refusal:
+            self.metrics.failures.labels(self.name, refusal.kind).inc()
+            log.warning(
+                "L1_REFUSED: %s %s: %s (live stays %s)",
+                self.name,
+                version,
+                refusal.reason,
+                self.live_version,
+            )
+            raise
+        if not result.unchanged:
+            self.metrics.swaps.labels(self.name).inc()
+            for phase, seconds in result.timings.items():
+                self.metrics.seconds.labels(self.name, phase.removesuffix("_s")).observe(seconds)
+            self.metrics.set_live(self.name, version)
+            log.info(
+                "L1_LOAD: %s %s loaded to %s (%.1f MB) in %.3fs, swap %.3fs",
+                self.name,
+                version,
+                self.slots.device,
+                result.bytes / 1e6,
+                result.timings["total_s"],
+                result.timings["swap_s"],
+            )
+        return result
+
+    def _swap(self, version: str, path: Path) -> SwapResult:
+        started = time.perf_counter()
+        config = self.config
+        files = open_version(
+            path,
+            version=version,
+            adapter_file=config.adapter_file,
+            config_file=config.config_file,
+            root=config.root,
+        )
+        previous = self.live_version
+        if previous == version and self._live_path == files.directory:
+            return SwapResult(self.name, version, previous, files.directory, 0, {}, True)
+        where = str(files.adapter)
+        try:
+            with files.adapter.open("rb", buffering=0) as handle:
+                header = read_header(handle, files.adapter_entry.size, where=where)
+                settings = self._settings(files.config, header.metadata, files.directory)
+                read_done = time.perf_counter()
+                plan = make_plan(
+                    header, settings, self.slots.slots, where=where, key_map=config.key_map
+                )
+                validated = time.perf_counter()
+                filled = self.staging.fill(handle, header, plan, where=where)
+        except OSError as error:
+            raise SwapRefused("io", f"reading {where}: {error}") from None
+        staged = time.perf_counter()
+        if filled.digest.sha256 != files.adapter_entry.sha256:
+            raise SwapRefused(
+                "checksum",
+                f"{where}: sha256 {filled.digest.sha256} does not match the manifest's "
+                f"{files.adapter_entry.sha256}",
+            )
+        copy_started = time.perf_counter()
+        drain_s = self.controller.exclusive(
+            version, lambda: self.slots.load(self.staging.flats, self.staging.scales)
+        )
+        done = time.perf_counter()
+        self._live_path = files.directory
+        timings = {
+            "read_s": read_done - started,
+            "verify_s": validated - read_done + filled.hash_s,
+            "stage_s": staged - validated - filled.hash_s,
+            "swap_s": done - copy_started,
+            "drain_s": drain_s,
+            "total_s": done - started,
+        }
+        return SwapResult(
+            self.name, version, previous, files.directory, files.adapter_entry.size, timings
+        )
+
+    def _settings(
+        self, config: bytes | None, metadata: Mapping[str, str], directory: Path
+    ) -> AdapterSettings:
+        if config is not None:
+            return settings_from_config(config, where=str(directory / self.config.config_file))
+        if metadata:
+            return settings_from_metadata(metadata, where=f"{directory} (safetensors metadata)")
+        raise SwapRefused(
+            "settings",
+            f"{directory}: no {self.config.config_file} in the manifest and no adapter "
+            "settings in the safetensors metadata",
+        )

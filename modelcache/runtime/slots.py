@@ -1,0 +1,153 @@
+"""`LoraSlots`: every LoRA slot of a model, packed once into one flat buffer per dtype.
+
+Packing makes the slot set a handful of contiguous tensors, so a swap is one copy per
+dtype (plus one for the scales) from a host mirror of the same layout: on a GPU, a few
+large DMA transfers instead of thousands of small ones, and no allocation at all. The
+modules' `lora_A`/`lora_B`/`lora_scaling` buffers become views into the flat buffers,
+so their `data_ptr` never changes after construction.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from modelcache.runtime.lora import LoraLinear
+
+ALIGN_BYTES = 128  # each region starts on a 128-byte boundary, as GEMM kernels prefer
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One layer's LoRA slot; offsets are in elements of its dtype's flat buffer."""
+
+    name: str
+    index: int  # position in the scales buffer
+    in_features: int
+    out_features: int
+    max_rank: int
+    dtype: torch.dtype
+    a_offset: int
+    b_offset: int
+
+    @property
+    def a_numel(self) -> int:
+        return self.max_rank * self.in_features
+
+    @property
+    def b_numel(self) -> int:
+        return self.out_features * self.max_rank
+
+    def a_view(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat[self.a_offset : self.a_offset + self.a_numel].view(
+            self.max_rank, self.in_features
+        )
+
+    def b_view(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat[self.b_offset : self.b_offset + self.b_numel].view(
+            self.out_features, self.max_rank
+        )
+
+
+@dataclass(frozen=True)
+class SlotLayout:
+    """Where every slot lives: sizes of the flat buffers, for live and staging alike."""
+
+    slots: Mapping[str, Slot]
+    sizes: Mapping[torch.dtype, int]
+
+    def __iter__(self) -> Iterator[Slot]:
+        return iter(self.slots.values())
+
+    @property
+    def nbytes(self) -> int:
+        scales = len(self.slots) * 4
+        return scales + sum(n * dtype.itemsize for dtype, n in self.sizes.items())
+
+
+def _layout(layers: list[tuple[str, LoraLinear]]) -> SlotLayout:
+    sizes: dict[torch.dtype, int] = {}
+    slots: dict[str, Slot] = {}
+    for index, (name, layer) in enumerate(layers):
+        dtype = layer.lora_A.dtype
+        align = max(1, ALIGN_BYTES // dtype.itemsize)
+        position = sizes.get(dtype, 0)
+        a_offset = -(-position // align) * align
+        b_offset = -(-(a_offset + layer.max_rank * layer.in_features) // align) * align
+        sizes[dtype] = b_offset + layer.out_features * layer.max_rank
+        slots[name] = Slot(
+            name=name,
+            index=index,
+            in_features=layer.in_features,
+            out_features=layer.out_features,
+            max_rank=layer.max_rank,
+            dtype=dtype,
+            a_offset=a_offset,
+            b_offset=b_offset,
+        )
+    return SlotLayout(slots=slots, sizes=sizes)
+
+
+class LoraSlots:
+    """The resident LoRA weights of one model: discovered, packed, then only ever copied into."""
+
+    def __init__(self, model: nn.Module) -> None:
+        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]
+        if not layers:
+            raise ValueError("the model has no LoraLinear layers: nothing to swap")
+        devices = {m.lora_A.device for _, m in layers}
+        if len(devices) != 1:
+            raise ValueError(f"LoRA slots span several devices: {sorted(map(str, devices))}")
+        self.device: torch.device = devices.pop()
+        self.layout = _layout(layers)
+        self.flats: dict[torch.dtype, torch.Tensor] = {
+            dtype: torch.zeros(size, dtype=dtype, device=self.device)
+            for dtype, size in self.layout.sizes.items()
+        }
+        self.scales = torch.zeros(len(layers), dtype=torch.float32, device=self.device)
+        for name, layer in layers:
+            slot = self.layout.slots[name]
+            flat = self.flats[slot.dtype]
+            a, b = slot.a_view(flat), slot.b_view(flat)
+            a.copy_(layer.lora_A)
+            b.copy_(layer.lora_B)
+            self.scales[slot.index].copy_(layer.lora_scaling)
+            layer.lora_A, layer.lora_B = a, b
+            layer.lora_scaling = self.scales[slot.index]
+        self._stream: torch.cuda.Stream | None = None
+        if self.device.type == "cuda":
+            self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
+
+    @property
+    def slots(self) -> Mapping[str, Slot]:
+        return self.layout.slots
+
+    def load(self, flats: Mapping[torch.dtype, torch.Tensor], scales: torch.Tensor) -> None:
+        """Copy a staged mirror into the live slots (callers hold the request boundary).
+
+        On CUDA: wait for all queued work on the device (a request that has left may still
+        have kernels reading the slots), copy on a side stream from pinned memory, and wait
+        for the copy, so the next request starts on complete weights."""
+        if self._stream is None:
+            self._copy(flats, scales, non_blocking=False)
+            return
+        torch.cuda.synchronize(self.device)
+        with torch.cuda.stream(self._stream):
+            self._copy(flats, scales, non_blocking=True)
+        self._stream.synchronize()
+
+    def _copy(
+        self, flats: Mapping[torch.dtype, torch.Tensor], scales: torch.Tensor, *, non_blocking: bool
+    ) -> None:
+        for dtype, live in self.flats.items():
+            live.copy_(flats[dtype], non_blocking=non_blocking)
+        self.scales.copy_(scales, non_blocking=non_blocking)
+
+    def storage_pointers(self) -> dict[str, int]:
+        """data_ptr of every live buffer, to show that swaps never re-allocate."""
+        found = {str(dtype): flat.data_ptr() for dtype, flat in self.flats.items()}
+        found["scales"] = self.scales.data_ptr()
+        return found
