@@ -9,15 +9,18 @@ NodeCache first (kopf's finalizer); agents then delete the files.
 from __future__ import annotations
 
 import logging
+import os
+from functools import partial
 from typing import Any
 
 import kopf
+from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from modelcache.api.k8s import GROUP, VERSION
-from modelcache.operator.reconcile import Reconciler
-from modelcache.operator.wakeups import WakeupBoard, sleep_until
+from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
+from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_until
 
 FINALIZER = f"{GROUP}/cleanup"
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -40,13 +43,22 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     )
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    api = kube_config.new_client_from_config(config_file=memo.get("kubeconfig"))  # type: ignore[no-untyped-call]
+    configuration = client.Configuration()
+    kubeconfig = memo.get("kubeconfig")
+    if kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ:
+        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    else:
+        kube_config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
+    configuration.connection_pool_maxsize = WRITE_CONCURRENCY * 2  # reconciles share it
+    api = client.ApiClient(configuration)
     memo.reconciler = Reconciler(api)
     memo.wakeups = WakeupBoard()
 
 
 @kopf.daemon(GROUP, VERSION, "modelversions", cancellation_timeout=10.0)
-def rollout(
+async def rollout(
     stopped: kopf.DaemonStopped,
     namespace: str | None,
     name: str,
@@ -54,7 +66,11 @@ def rollout(
     logger: Logger,
     **_: Any,
 ) -> None:
-    """Reconcile this ModelVersion until it is deleted (or this operator loses leadership)."""
+    """Reconcile this ModelVersion until it is deleted (or this operator loses leadership).
+
+    Async on purpose: a waiting daemon holds no thread, so any number of ModelVersions
+    share kopf's small worker pool; each reconcile step runs in a thread and returns.
+    """
     namespace = namespace or "default"
     reconciler: Reconciler = memo.reconciler
     board: WakeupBoard = memo.wakeups
@@ -63,7 +79,8 @@ def rollout(
         while not stopped:
             interval = ACTIVE_INTERVAL
             try:
-                outcome = reconciler.reconcile(namespace, name)
+                async with board.lock(namespace, name):
+                    outcome = await finish_in_thread(partial(reconciler.reconcile, namespace, name))
                 if outcome.settled:
                     interval = SETTLED_INTERVAL
             except ApiException as error:
@@ -71,31 +88,36 @@ def rollout(
             except ValueError as error:  # a spec the models refuse (the CRD schema is looser)
                 logger.error("invalid spec: %s", error)
                 interval = SETTLED_INTERVAL
-            sleep_until(wakeup, interval, lambda: bool(stopped))
+            await sleep_until(wakeup, interval)
     finally:
         board.unregister(namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, "modelversions")
-def model_version_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
+async def model_version_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     memo.wakeups.wake(namespace or "default", name)
 
 
 @kopf.on.event(GROUP, VERSION, "nodecaches")
-def node_cache_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
+async def node_cache_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
     for model in (body.get("spec") or {}).get("models") or []:
         memo.wakeups.wake(model.get("namespace", ""), model.get("name", ""))
 
 
 @kopf.on.event("", "v1", "nodes")
-def node_changed(type: str, memo: Any, **_: Any) -> None:
+async def node_changed(type: str, memo: Any, **_: Any) -> None:
     if type in ("ADDED", "DELETED", "MODIFIED"):
         memo.wakeups.wake_all()
 
 
 @kopf.on.delete(GROUP, VERSION, "modelversions")
-def model_version_deleted(
+async def model_version_deleted(
     namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any
 ) -> None:
-    removed = memo.reconciler.forget(namespace or "default", name)
+    """Forget the model everywhere, after any reconcile step still writing has finished
+    (a later step sees the deletion timestamp and writes nothing)."""
+    namespace = namespace or "default"
+    board: WakeupBoard = memo.wakeups
+    async with board.lock(namespace, name):
+        removed = await finish_in_thread(partial(memo.reconciler.forget, namespace, name))
     logger.info("removed %s/%s from %d NodeCaches", namespace, name, removed)

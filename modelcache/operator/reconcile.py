@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, cast
@@ -35,9 +36,12 @@ log = logging.getLogger(__name__)
 MODEL_VERSIONS = "modelversions"
 NODE_CACHES = "nodecaches"
 HISTORY_LIMIT = 20
+WRITE_CONCURRENCY = 16  # NodeCache writes in flight per reconcile: a 500-node flip is not serial
 COMPONENT = "modelcache-operator"
 
 Clock = Callable[[], dt.datetime]
+WriteJob = tuple[str, dict[str, Any] | None, Callable[[NodeCacheSpec], NodeCacheSpec]]
+"""A node, its NodeCache as last read (None: none yet), and the change to its spec."""
 
 
 def utcnow() -> dt.datetime:
@@ -60,6 +64,7 @@ class Reconciler:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.clock = clock
+        self._writers = ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="nodecache-write")
 
     # -- reading --------------------------------------------------------------------------
     def _model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -106,15 +111,20 @@ class Reconciler:
             history=[h.version for h in status.history],
             now=now,
         )
-        written = 0
-        for node, assignment in plan.assignments.items():
-            entry = desired_entry(namespace, name, spec, assignment)
-            written += self._write_entry(node, caches.get(node), partial(with_entry, entry=entry))
-        for node, cache in caches.items():
-            if node not in plan.assignments and _has_entry(cache, namespace, name):
-                written += self._write_entry(
-                    node, cache, lambda s: without_entry(s, namespace, name)
-                )
+        jobs: list[WriteJob] = [
+            (
+                node,
+                caches.get(node),
+                partial(with_entry, entry=desired_entry(namespace, name, spec, a)),
+            )
+            for node, a in plan.assignments.items()
+        ]
+        jobs += [
+            (node, cache, partial(without_entry, namespace=namespace, name=name))
+            for node, cache in caches.items()
+            if node not in plan.assignments and _has_entry(cache, namespace, name)
+        ]
+        written = self._write_all(jobs)
         new_status = self._status(body, status, plan, now)
         self._write_status(namespace, name, new_status)
         for event in plan.events:
@@ -124,13 +134,22 @@ class Reconciler:
 
     def forget(self, namespace: str, name: str) -> int:
         """Remove this model from every NodeCache (the ModelVersion is being deleted)."""
-        removed = 0
-        for node, cache in self._node_caches().items():
-            if _has_entry(cache, namespace, name):
-                removed += self._write_entry(
-                    node, cache, lambda s: without_entry(s, namespace, name)
-                )
-        return removed
+        change = partial(without_entry, namespace=namespace, name=name)
+        return self._write_all(
+            [
+                (node, cache, change)
+                for node, cache in self._node_caches().items()
+                if _has_entry(cache, namespace, name)
+            ]
+        )
+
+    def _write_all(
+        self,
+        jobs: list[WriteJob],
+    ) -> int:
+        """Write NodeCaches in parallel: each node's write is independent of the others."""
+        futures = [self._writers.submit(self._write_entry, *job) for job in jobs]
+        return sum(future.result() for future in futures)
 
     # -- writing --------------------------------------------------------------------------
     def _write_entry(

@@ -1,50 +1,64 @@
 """Wake a ModelVersion's reconcile loop early when something it depends on changed.
 
 Agents report through NodeCache status; a rollout waits on those reports, so the
-loop sleeps on an event that a NodeCache (or Node) watch sets, instead of polling.
+loop sleeps on an asyncio event that the NodeCache (or Node) watch handlers set,
+instead of polling. Everything here runs on kopf's event loop: no thread waits.
 """
 
 from __future__ import annotations
 
-import threading
+import asyncio
+import contextlib
 from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
 
 
 class WakeupBoard:
-    """One threading.Event per ModelVersion (namespace, name)."""
+    """Per ModelVersion (namespace, name): an event to wake its loop, and a lock that
+    keeps a reconcile step and the deletion cleanup from overlapping."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: dict[tuple[str, str], threading.Event] = {}
+        self._events: dict[tuple[str, str], asyncio.Event] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
 
-    def register(self, namespace: str, name: str) -> threading.Event:
-        with self._lock:
-            return self._events.setdefault((namespace, name), threading.Event())
+    def lock(self, namespace: str, name: str) -> asyncio.Lock:
+        return self._locks.setdefault((namespace, name), asyncio.Lock())
+
+    def register(self, namespace: str, name: str) -> asyncio.Event:
+        return self._events.setdefault((namespace, name), asyncio.Event())
 
     def unregister(self, namespace: str, name: str) -> None:
-        with self._lock:
-            self._events.pop((namespace, name), None)
+        self._events.pop((namespace, name), None)
 
     def wake(self, namespace: str, name: str) -> None:
-        with self._lock:
-            event = self._events.get((namespace, name))
+        event = self._events.get((namespace, name))
         if event is not None:
             event.set()
 
     def wake_all(self) -> None:
-        with self._lock:
-            events = list(self._events.values())
-        for event in events:
+        for event in list(self._events.values()):
             event.set()
 
 
-def sleep_until(
-    wakeup: threading.Event, seconds: float, stopped: Callable[[], bool], tick: float = 0.1
-) -> None:
-    """Sleep up to `seconds`, returning early on a wakeup or a stop request."""
-    waited = 0.0
-    while waited < seconds and not stopped():
-        if wakeup.wait(min(tick, seconds - waited)):
-            wakeup.clear()
-            return
-        waited += tick
+async def sleep_until(wakeup: asyncio.Event, seconds: float) -> None:
+    """Sleep up to `seconds`, returning early on a wakeup (which it consumes)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(wakeup.wait(), timeout=seconds)
+    wakeup.clear()
+
+
+async def finish_in_thread(call: Callable[[], T]) -> T:
+    """Run `call` in a thread; if we are cancelled meanwhile, still wait for it to end.
+
+    A thread cannot be cancelled: without this, a reconcile cancelled with its
+    daemon would keep writing after the caller (and its lock) had moved on.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(call))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await future
+        raise

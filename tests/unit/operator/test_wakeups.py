@@ -1,0 +1,51 @@
+"""A cancelled reconcile step still finishes before anyone else takes its lock."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_until
+
+
+def test_cancelling_waits_for_the_thread_to_finish() -> None:
+    release = threading.Event()
+    finished: list[str] = []
+
+    def slow_write() -> str:
+        release.wait(10)
+        finished.append("written")
+        return "done"
+
+    async def scenario() -> None:
+        board = WakeupBoard()
+        lock = board.lock("ns", "mv")
+
+        async def step() -> None:
+            async with lock:
+                await finish_in_thread(slow_write)
+
+        task = asyncio.create_task(step())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        asyncio.get_running_loop().call_later(0.1, release.set)
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert finished == ["written"], "the lock was held until the write ended"
+        async with lock:  # the cleanup can only start now
+            pass
+
+    asyncio.run(scenario())
+
+
+def test_a_wakeup_ends_the_sleep_early_and_is_consumed() -> None:
+    async def scenario() -> None:
+        board = WakeupBoard()
+        event = board.register("ns", "mv")
+        board.wake("ns", "mv")
+        await asyncio.wait_for(sleep_until(event, 30), timeout=5)
+        assert not event.is_set()
+
+    asyncio.run(scenario())
