@@ -21,7 +21,6 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import yaml
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
@@ -172,25 +171,6 @@ def wait_for(
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
-def install_crds(api: client.ApiClient) -> client.CustomObjectsApi:
-    """Apply crds/*.yaml (what users apply) and wait until the API server serves them."""
-    extensions = client.ApiextensionsV1Api(api)
-    for path in sorted((REPO / "crds").glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            extensions.create_custom_resource_definition(document)
-    custom = client.CustomObjectsApi(api)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            custom.list_namespaced_custom_object(GROUP, VERSION, "default", "modelversions")
-            custom.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
-            return custom
-        except ApiException as error:
-            if error.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
 def create_nodes(
     core: client.CoreV1Api,
     labels: dict[str, dict[str, str]],

@@ -45,7 +45,6 @@ from _cluster import (
     console,
     create_nodes,
     delete_nodes,
-    install_crds,
     load_average,
     machine,
     modelcache_process,
@@ -64,6 +63,7 @@ from modelcache.agent.events import read_events
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.operator import handlers
 from modelcache.testing import KubeControlPlane, ObjectStore, ensure_toolchain
+from modelcache.testing.crds import install_crds
 from modelcache.testing.ports import free_port, is_listening
 from modelcache.testing.process import ManagedProcess
 

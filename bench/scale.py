@@ -33,7 +33,6 @@ from _cluster import (
     cpu_seconds,
     create_nodes,
     delete_nodes,
-    install_crds,
     load_average,
     machine,
     modelcache_process,
@@ -50,6 +49,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.operator import handlers
 from modelcache.testing import KubeControlPlane, ensure_toolchain
+from modelcache.testing.crds import install_crds
 from modelcache.testing.process import ManagedProcess
 
 NAMESPACE = "studio"

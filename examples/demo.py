@@ -26,6 +26,7 @@ from rich.table import Table
 
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.testing import KubeControlPlane, ObjectStore, ensure_toolchain
+from modelcache.testing.crds import install_crds
 from modelcache.testing.ports import free_port
 from modelcache.testing.process import ManagedProcess
 
@@ -83,20 +84,6 @@ def one_server(env: dict[str, str], work: Path, url: str) -> None:
         f"[green]rollback took {time.monotonic() - started:.2f}s (a symlink flip, no download)"
     )
     sh(env, "ls")
-
-
-def install_crds(api: client.ApiClient) -> None:
-    extensions = client.ApiextensionsV1Api(api)
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            extensions.create_custom_resource_definition(document)
-    custom = client.CustomObjectsApi(api)
-    for _ in range(100):
-        try:
-            custom.list_namespaced_custom_object(GROUP, VERSION, "default", "modelversions")
-            return
-        except client.exceptions.ApiException:
-            time.sleep(0.2)
 
 
 def kubectl_get(kubectl: Path, env: dict[str, str]) -> None:

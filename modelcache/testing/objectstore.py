@@ -80,10 +80,12 @@ class ObjectStore:
                 f"-dir={data}",
                 f"-master.port={self.master_port}",
                 f"-master.port.grpc={self.master_grpc_port}",
-                "-master.volumeSizeLimitMB=1024",
+                "-master.volumeSizeLimitMB=256",
                 f"-volume.port={self.volume_port}",
                 f"-volume.port.grpc={self.volume_grpc_port}",
-                "-volume.max=0",
+                # Each bucket is a collection that grows 7 volumes at once; with the default
+                # (max from free disk / volume size) a few buckets exhaust the server.
+                "-volume.max=2000",
                 "-volume.preStopSeconds=0",
                 "-filer",
                 f"-filer.port={self.filer_port}",

@@ -5,18 +5,15 @@ Logs stay in pytest's temp dir (printed on failure) so a failing run can be read
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from kubernetes import config
 
-from modelcache.api.k8s import GROUP, VERSION
 from modelcache.testing import KubeControlPlane, ObjectStore, Toolchain, ensure_toolchain
+from modelcache.testing.crds import install_crds
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,21 +46,7 @@ def kube_client(kube: KubeControlPlane) -> Iterator[Any]:
 @pytest.fixture(scope="session")
 def crds(kube_client: Any) -> Any:
     """modelcache's CRDs installed from crds/ (the generated files users apply) and served."""
-    extensions = client.ApiextensionsV1Api(kube_client)
-    for path in sorted((Path(__file__).resolve().parents[2] / "crds").glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text()):
-            extensions.create_custom_resource_definition(document)
-    api = client.CustomObjectsApi(kube_client)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            api.list_namespaced_custom_object(GROUP, VERSION, "default", "modelversions")
-            api.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
-            return api
-        except ApiException as error:
-            if error.status != 404 or time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+    return install_crds(kube_client)
 
 
 @pytest.fixture(scope="session")

@@ -364,13 +364,17 @@ def test_apply_roll_out_fail_back_and_roll_back_without_download(
         "every node back on v2",
         processes,
     )
-    events = (
-        client.CoreV1Api(client.ApiClient(crds.api_client.configuration))
-        .list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}")
-        .items
-    )
-    failed = [e for e in events if e.reason == "RolloutFailed"]
-    assert failed
+    core = client.CoreV1Api(client.ApiClient(crds.api_client.configuration))
+
+    def rollout_failed() -> list[Any]:
+        events = core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={name}"
+        ).items
+        return [e for e in events if e.reason == "RolloutFailed"]
+
+    # The event is posted right after the status and NodeCache writes the agents act on.
+    eventually(lambda: bool(rollout_failed()), "a RolloutFailed event", processes)
+    failed = rollout_failed()
     assert cluster["nodes"][1] in failed[0].message
     assert "rank 16" in failed[0].message
 
