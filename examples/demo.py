@@ -5,7 +5,10 @@ Starts a real kube-apiserver + etcd and a SeaweedFS S3 store on loopback, then:
    `use` v2 (only the changed file is downloaded), `rollback` (a flip, no download);
 2. a cluster: the operator and three node agents (local processes, one cache dir
    each); apply a ModelVersion, watch READY reach 3/3, roll out v2 (canary, then
-   waves), roll back with `modelcache rollback -n`. Everything is stopped at the end.
+   waves), roll back with `modelcache rollback -n`;
+3. the studio (examples/studio): a tiny SDXL-like generator whose LoRA the runtime swaps
+   in GPU (here CPU) memory while designers keep generating: v1 -> v2 -> rollback, driven
+   by a standalone agent. Everything is stopped at the end.
 """
 
 from __future__ import annotations
@@ -16,9 +19,12 @@ import random
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
+import requests
 import yaml
 from kubernetes import client, config
 from rich.console import Console
@@ -212,6 +218,162 @@ def cluster(env: dict[str, str], work: Path, url: str, kube: KubeControlPlane) -
             process.stop()
 
 
+def make_adapters(env: dict[str, str], work: Path, url: str) -> None:
+    """Two LoRA versions for the studio model, made by its tool and published to L3."""
+    for version, seed, rank in (("v1", 1, 8), ("v2", 2, 4)):
+        out = work / "studio-lora" / version
+        args = ["examples.studio.adapters", str(out), "--seed", str(seed), "--rank", str(rank)]
+        console.print(f"[bold cyan]$ python -m {' '.join(args)}[/]")
+        subprocess.run(
+            [sys.executable, "-m", *args], cwd=ROOT, env=env, check=True, capture_output=True
+        )
+        sh(env, "publish", str(out), url, "--version", version)
+
+
+class Designers:
+    """Three clients generating back to back, as designers do, until stopped."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.served: list[dict[str, object]] = []
+        self.failed: list[str] = []
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(3)]
+
+    def run(self, seed: int) -> None:
+        while not self.stop.is_set():
+            seed += 3
+            try:
+                response = requests.post(f"{self.base}/generate", json={"seed": seed}, timeout=60)
+            except requests.RequestException as error:
+                self.failed.append(str(error))
+                continue
+            if response.ok:
+                self.served.append(response.json())
+            else:
+                self.failed.append(response.text)
+
+    def __enter__(self) -> Designers:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=30)
+
+    def summary(self) -> str:
+        by_version: dict[str, int] = {}
+        for answer in self.served:
+            by_version[str(answer["version"])] = by_version.get(str(answer["version"]), 0) + 1
+        latencies = sorted(float(str(answer["seconds"])) for answer in self.served)
+        p95 = latencies[int(0.95 * (len(latencies) - 1))] if latencies else 0.0
+        return (
+            f"{len(self.served)} generations during the swaps, {len(self.failed)} failed; "
+            f"by version {by_version}; p95 {p95 * 1000:.0f} ms (each on the one version it reports)"
+        )
+
+
+def wait_live(base: str, version: str, processes: list[ManagedProcess]) -> float:
+    """Seconds until the studio reports `version` live."""
+    started = time.monotonic()
+    while True:
+        try:
+            if requests.get(f"{base}/healthz", timeout=5).json()["live_version"] == version:
+                return time.monotonic() - started
+        except requests.RequestException:
+            pass  # not listening yet
+        for process in processes:
+            if (reason := process.exit_reason()) is not None:
+                raise SystemExit(reason)
+        if time.monotonic() - started > 60:
+            raise SystemExit(f"the studio did not go live on {version}")
+        time.sleep(0.02)
+
+
+def swap_row(step: str, seconds: float, last: dict[str, Any]) -> list[str]:
+    timings = last["timings"]
+    return [
+        step,
+        str(last["live_version"]),
+        f"{seconds * 1000:.0f} ms",
+        f"{(timings['read_s'] + timings['verify_s']) * 1000:.1f} ms",
+        f"{timings['stage_s'] * 1000:.1f} ms",
+        f"{timings['drain_s'] * 1000:.1f} ms",
+        f"{(timings['swap_s'] - timings['drain_s']) * 1000:.2f} ms",
+    ]
+
+
+def studio(env: dict[str, str], work: Path, url: str) -> None:
+    console.rule("[bold]3. the studio: generations while the LoRA is swapped in place")
+    lora_url = url.rsplit("/", 1)[0] + "/studio-lora"
+    make_adapters(env, work, lora_url)
+    root, port = work / "studio-cache", free_port()
+    base = f"http://127.0.0.1:{port}"
+    model = {"name": "studio/sdxl", "source": lora_url, "version": "v1", "prefetch": ["v2"]}
+    node: dict[str, Any] = {
+        "root": str(root),
+        "node": "gpu-01",
+        "metrics_port": free_port(),
+        "metrics_host": "127.0.0.1",
+        "poll_seconds": 0.1,
+        "resync_seconds": 5,
+        "models": [{**model, "reload": [f"{base}/modelcache/reload"]}],
+    }
+    config_path = work / "studio-node.yaml"
+    config_path.write_text(yaml.safe_dump(node, sort_keys=False))
+    args = ["examples.studio", "--host", "127.0.0.1", "--port", str(port)]
+    args += ["--model", "studio/sdxl", "--root", str(root)]
+    console.print(f"[bold cyan]$ python -m {' '.join(args)}[/]")
+    console.print(f"[bold cyan]$ modelcache agent --config {config_path.name}[/]")
+    processes = [
+        ManagedProcess(
+            "studio", [sys.executable, "-m", *args], log_path=work / "studio.log", env=env, cwd=ROOT
+        ),
+        ManagedProcess(
+            "agent",
+            [sys.executable, "-m", "modelcache", "agent", "--config", str(config_path)],
+            log_path=work / "studio-agent.log",
+            env=env,
+        ),
+    ]
+    table = Table("STEP", "LIVE", "SEEN AFTER", "READ+VERIFY", "STAGE", "DRAIN", "COPY", box=None)
+    try:
+        for process in processes:
+            process.start()
+        seconds = wait_live(base, "v1", processes)
+        console.print(
+            f"[green]agent pulled v1 and v2 (prefetched); studio up, live on v1, in {seconds:.1f}s"
+        )
+        with Designers(base) as designers:
+            for step, version in (("v1 -> v2", "v2"), ("rollback -> v1", "v1")):
+                time.sleep(0.5)  # the designers generate on the live version for a moment
+                node["models"][0]["version"] = version
+                config_path.write_text(yaml.safe_dump(node, sort_keys=False))
+                seconds = wait_live(base, version, processes)
+                last = requests.get(f"{base}/healthz", timeout=5).json()["last_reload"]
+                table.add_row(*swap_row(step, seconds, last))
+            time.sleep(0.5)
+    finally:
+        for process in reversed(processes):
+            process.stop()
+    console.print(table)
+    console.print(
+        "  SEEN AFTER: from the config change to the studio reporting the version (agent "
+        "poll + flip + reload call); DRAIN: the swap waiting for generations in flight; "
+        "COPY: into the resident slots"
+    )
+    console.print(f"[green]{designers.summary()}")
+    generated = [
+        line for line in (work / "studio.log").read_text().splitlines() if "GENERATE" in line
+    ]
+    if generated:
+        console.print(f"  studio log: {generated[-1]}", markup=False, highlight=False)
+    if designers.failed:
+        raise SystemExit(f"generations failed during the swaps: {designers.failed[:3]}")
+
+
 def main() -> None:
     console.print(
         "[bold]modelcache demo[/]: starting a real kube-apiserver + etcd and SeaweedFS on loopback"
@@ -231,6 +393,7 @@ def main() -> None:
             url = "oss://studio-models/sdxl"
             one_server(env, work, url)
             cluster(env, work, url, kube)
+            studio(env, work, url)
     console.rule("[bold green]done: every process the demo started is stopped")
 
 

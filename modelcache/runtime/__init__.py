@@ -6,6 +6,9 @@
     with runtime.request() as version:            # one version for the whole request
         image = model(...)
 
+PEFT models (`get_peft_model`) work the same way; a diffusers pipeline with a LoRA from
+`pipe.load_lora_weights(...)` through `LoraRuntime.for_pipeline(pipe, config)`.
+
 Contract: slots are allocated once at `max_rank` when the runtime is built; a swap reads
 the version's safetensors (sha256 from its manifest), validates every key, shape, dtype
 and setting, stages it in (pinned) host memory and copies it into the same tensors at a
@@ -13,6 +16,7 @@ request boundary; on any failure the live version and weights stay as they were.
 """
 
 from modelcache.runtime.controller import SwapController
+from modelcache.runtime.diffusers_pipeline import diffusers_keys
 from modelcache.runtime.endpoint import ReloadServer, ReloadService, asgi_app
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.lora import LoraLinear, add_lora
@@ -39,6 +43,7 @@ __all__ = [
     "SwapResult",
     "add_lora",
     "asgi_app",
+    "diffusers_keys",
     "make_plan",
     "peft_keys",
     "watch_current",

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.safetensors_format import DTYPE_NAMES, Header, TensorEntry
-from modelcache.runtime.settings import AdapterSettings
+from modelcache.runtime.settings import LayerSettings
 from modelcache.runtime.slots import Slot
 
 PEFT_PREFIX = "base_model.model."
@@ -42,6 +42,8 @@ class LayerPlan:
     scaling: float
     a: TensorEntry
     b: TensorEntry
+    alpha: float = 0.0  # what the scale came from, for layers that keep them (PEFT)
+    use_rslora: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,7 +56,7 @@ class AdapterPlan:
 
 def make_plan(
     header: Header,
-    settings: AdapterSettings,
+    settings: LayerSettings,
     slots: Mapping[str, Slot],
     *,
     where: str,
@@ -76,8 +78,8 @@ def make_plan(
         if not settings.targets(layer):
             raise SwapRefused(
                 "settings",
-                f"{where}: tensor {key!r} is for layer {layer!r}, which target_modules "
-                f"{_show(settings.target_modules)} does not select",
+                f"{where}: tensor {key!r} is for layer {layer!r}, which "
+                f"{settings.describe_targets(layer)} does not select",
             )
         if part in found.setdefault(layer, {}):
             raise SwapRefused("key", f"{where}: two tensors give lora_{part} of layer {layer!r}")
@@ -86,7 +88,7 @@ def make_plan(
     if not targeted:
         raise SwapRefused(
             "settings",
-            f"{where}: target_modules {_show(settings.target_modules)} select no LoRA slot",
+            f"{where}: {settings.describe_targets(None)} select no LoRA slot",
         )
     layers: dict[str, LayerPlan] = {}
     by_tensor: dict[str, tuple[LayerPlan, str]] = {}
@@ -99,7 +101,7 @@ def make_plan(
 
 
 def _layer(
-    slot: Slot, parts: Mapping[str, TensorEntry], settings: AdapterSettings, where: str
+    slot: Slot, parts: Mapping[str, TensorEntry], settings: LayerSettings, where: str
 ) -> LayerPlan:
     name = slot.name
     for part, suffix in (("A", A_SUFFIX), ("B", B_SUFFIX)):
@@ -140,7 +142,15 @@ def _layer(
                 f"{where}: lora_{part} of layer {name} is {entry.dtype_name}; the slot holds "
                 f"{DTYPE_NAMES[slot.dtype]} (no implicit casts)",
             )
-    return LayerPlan(slot=slot, rank=rank, scaling=settings.scaling_for(name), a=a, b=b)
+    return LayerPlan(
+        slot=slot,
+        rank=rank,
+        scaling=settings.scaling_for(name),
+        a=a,
+        b=b,
+        alpha=settings.alpha_for(name),
+        use_rslora=settings.rslora_for(name),
+    )
 
 
 def _rank_only(shape: tuple[int, ...], want: tuple[int, int], part: str) -> bool:
@@ -149,7 +159,3 @@ def _rank_only(shape: tuple[int, ...], want: tuple[int, int], part: str) -> bool
         return False
     keep = 1 if part == "A" else 0
     return shape[keep] == want[keep]
-
-
-def _show(targets: tuple[str, ...] | str) -> str:
-    return repr(targets) if isinstance(targets, str) else repr(list(targets))

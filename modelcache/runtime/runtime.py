@@ -12,21 +12,23 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 from torch import nn
 
+from modelcache.runtime.bindings import LayerBinding
 from modelcache.runtime.controller import SwapController
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.metrics import RuntimeMetrics
-from modelcache.runtime.plan import KeyMap, make_plan, peft_keys
+from modelcache.runtime.plan import AdapterPlan, KeyMap, make_plan, peft_keys
 from modelcache.runtime.safetensors_format import read_header
 from modelcache.runtime.settings import (
-    AdapterSettings,
+    LayerSettings,
     settings_from_config,
     settings_from_metadata,
 )
@@ -35,6 +37,9 @@ from modelcache.runtime.source import ADAPTER_CONFIG, open_version
 from modelcache.runtime.staging import Staging
 
 log = logging.getLogger(__name__)
+
+# (adapter_config.json bytes or None, safetensors metadata, version dir) -> settings
+SettingsReader = Callable[[bytes | None, Mapping[str, str], Path], LayerSettings]
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,22 @@ class LoraRuntime:
     (or the reload endpoint, or `watch_current`)."""
 
     def __init__(
-        self, model: nn.Module, config: RuntimeConfig, *, registry: CollectorRegistry | None = None
+        self,
+        model: nn.Module,
+        config: RuntimeConfig,
+        *,
+        registry: CollectorRegistry | None = None,
+        bindings: Sequence[tuple[str, LayerBinding]] | None = None,
+        settings_reader: SettingsReader | None = None,
     ) -> None:
+        """`model` holds LoraLinear or PEFT LoRA Linear layers (a `get_peft_model` model
+        included; slot names drop PEFT's `base_model.model.`). `bindings` replaces the
+        discovery, `settings_reader` the adapter_config.json-then-metadata rule."""
         self.model = model
+        self.pipeline: Any = None  # set by for_pipeline
         self.config = config
-        self.slots = LoraSlots(model)
+        self.slots = LoraSlots(model, bindings=bindings)
+        self._read_settings: SettingsReader = settings_reader or self._settings
         pin = config.pin_memory
         if pin is None:
             pin = self.slots.device.type == "cuda"
@@ -97,6 +113,32 @@ class LoraRuntime:
         self.metrics = RuntimeMetrics(registry)
         self._swap_lock = threading.Lock()
         self._live_path: Path | None = None
+
+    @classmethod
+    def for_pipeline(
+        cls,
+        pipeline: Any,
+        config: RuntimeConfig,
+        *,
+        components: Sequence[str] | None = None,
+        registry: CollectorRegistry | None = None,
+    ) -> LoraRuntime:
+        """A runtime over a diffusers pipeline's LoRA, as `pipe.load_lora_weights` put it.
+
+        Slots are named `<component>.<module>` (`unet.down_blocks.0...to_q`), the keys
+        diffusers' `save_lora_weights` writes; `components` limits which are searched
+        (default: every torch module of `pipeline.components` holding LoRA layers).
+        Settings come from the file's `lora_adapter_metadata`, else adapter_config.json;
+        see `modelcache.runtime.diffusers_pipeline`."""
+        from modelcache.runtime import diffusers_pipeline as dp  # noqa: PLC0415
+
+        modules = dp.pipeline_modules(pipeline, components)
+        if config.key_map is peft_keys:
+            config = replace(config, key_map=dp.diffusers_keys)
+        reader = dp.settings_reader(config.config_file)
+        runtime = cls(modules, config, registry=registry, settings_reader=reader)
+        runtime.pipeline = pipeline
+        return runtime
 
     @property
     def name(self) -> str:
@@ -176,7 +218,7 @@ class LoraRuntime:
         try:
             with files.adapter.open("rb", buffering=0) as handle:
                 header = read_header(handle, files.adapter_entry.size, where=where)
-                settings = self._settings(files.config, header.metadata, files.directory)
+                settings = self._read_settings(files.config, header.metadata, files.directory)
                 read_done = time.perf_counter()
                 plan = make_plan(
                     header, settings, self.slots.slots, where=where, key_map=config.key_map
@@ -193,9 +235,7 @@ class LoraRuntime:
                 f"{files.adapter_entry.sha256}",
             )
         copy_started = time.perf_counter()
-        drain_s = self.controller.exclusive(
-            version, lambda: self.slots.load(self.staging.flats, self.staging.scales)
-        )
+        drain_s = self.controller.exclusive(version, lambda: self._go_live(plan))
         done = time.perf_counter()
         self._live_path = files.directory
         timings = {
@@ -210,9 +250,15 @@ class LoraRuntime:
             self.name, version, previous, files.directory, files.adapter_entry.size, timings
         )
 
+    def _go_live(self, plan: AdapterPlan) -> None:
+        """Inside the request boundary: the copy, then the state layers keep outside the
+        slots (a PEFT layer's scale), so no request sees new weights with an old scale."""
+        self.slots.load(self.staging.flats, self.staging.scales)
+        self.slots.settle(plan)
+
     def _settings(
         self, config: bytes | None, metadata: Mapping[str, str], directory: Path
-    ) -> AdapterSettings:
+    ) -> LayerSettings:
         if config is not None:
             return settings_from_config(config, where=str(directory / self.config.config_file))
         if metadata:

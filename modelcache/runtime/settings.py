@@ -14,7 +14,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.lora import matches_target
@@ -22,7 +22,31 @@ from modelcache.runtime.lora import matches_target
 T = TypeVar("T", int, float)
 
 # PEFT options that would change y = Wx + s*BAx if set; refused rather than silently ignored.
-UNSUPPORTED: dict[str, Any] = {"use_dora": False, "fan_in_fan_out": False, "bias": "none"}
+UNSUPPORTED: dict[str, Any] = {
+    "use_dora": False,
+    "fan_in_fan_out": False,
+    "bias": "none",
+    "lora_bias": False,
+}
+
+
+class LayerSettings(Protocol):
+    """What validation asks of settings, per layer: one adapter's (`AdapterSettings`) or a
+    pipeline's, one per component (`modelcache.runtime.diffusers_pipeline`)."""
+
+    def targets(self, layer: str) -> bool: ...
+
+    def rank_for(self, layer: str) -> int: ...
+
+    def alpha_for(self, layer: str) -> float: ...
+
+    def rslora_for(self, layer: str) -> bool: ...
+
+    def scaling_for(self, layer: str) -> float: ...
+
+    def describe_targets(self, layer: str | None) -> str:
+        """The target modules that apply to `layer` (None: all), for messages."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -43,11 +67,24 @@ class AdapterSettings:
     def alpha_for(self, layer: str) -> float:
         return _pattern_value(self.alpha_pattern, layer, self.alpha)
 
+    def rslora_for(self, layer: str) -> bool:
+        del layer
+        return self.use_rslora
+
     def scaling_for(self, layer: str) -> float:
         """PEFT's scaling: alpha / r, or alpha / sqrt(r) with rsLoRA."""
         rank = self.rank_for(layer)
         alpha = self.alpha_for(layer)
         return alpha / math.sqrt(rank) if self.use_rslora else alpha / rank
+
+    def describe_targets(self, layer: str | None) -> str:
+        del layer
+        shown = self.target_modules
+        return (
+            f"target_modules {shown!r}"
+            if isinstance(shown, str)
+            else f"target_modules {list(shown)!r}"
+        )
 
 
 def _pattern_value(patterns: Mapping[str, T], layer: str, default: T) -> T:
@@ -66,6 +103,12 @@ def settings_from_config(data: bytes, *, where: str) -> AdapterSettings:
         raise SwapRefused("format", f"{where} is not JSON: {error}") from None
     if not isinstance(config, dict):
         raise SwapRefused("format", f"{where} is not a JSON object")
+    return settings_from_mapping(config, where=where)
+
+
+def settings_from_mapping(config: Mapping[str, Any], *, where: str) -> AdapterSettings:
+    """A PEFT LoraConfig as a mapping (adapter_config.json, or one component's diffusers
+    adapter metadata); unsupported options are refused by name."""
     peft_type = config.get("peft_type", "LORA")
     if peft_type != "LORA":
         raise SwapRefused("settings", f"{where}: peft_type {peft_type!r} is not LORA")

@@ -4,18 +4,23 @@ Packing makes the slot set a handful of contiguous tensors, so a swap is one cop
 dtype (plus one for the scales) from a host mirror of the same layout: on a GPU, a few
 large DMA transfers instead of thousands of small ones, and no allocation at all. The
 modules' `lora_A`/`lora_B`/`lora_scaling` buffers become views into the flat buffers,
-so their `data_ptr` never changes after construction.
+so their `data_ptr` never changes after construction. Layers are reached through
+`LayerBinding`s (bindings.py): our `LoraLinear`, or PEFT's LoRA Linear (peft_layers.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from modelcache.runtime.lora import LoraLinear
+from modelcache.runtime.bindings import LayerBinding, check_unique, find_bindings
+
+if TYPE_CHECKING:
+    from modelcache.runtime.plan import AdapterPlan
 
 ALIGN_BYTES = 128  # each region starts on a 128-byte boundary, as GEMM kernels prefer
 
@@ -68,7 +73,7 @@ class SlotLayout:
         return scales + sum(n * dtype.itemsize for dtype, n in self.sizes.items())
 
 
-def _layout(layers: list[tuple[str, LoraLinear]]) -> SlotLayout:
+def _layout(layers: Sequence[tuple[str, LayerBinding]]) -> SlotLayout:
     sizes: dict[torch.dtype, int] = {}
     slots: dict[str, Slot] = {}
     for index, (name, layer) in enumerate(layers):
@@ -94,10 +99,23 @@ def _layout(layers: list[tuple[str, LoraLinear]]) -> SlotLayout:
 class LoraSlots:
     """The resident LoRA weights of one model: discovered, packed, then only ever copied into."""
 
-    def __init__(self, model: nn.Module) -> None:
-        layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LoraLinear)]
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        *,
+        bindings: Sequence[tuple[str, LayerBinding]] | None = None,
+    ) -> None:
+        """Pack the LoRA layers of `model` (LoraLinear, PEFT LoRA Linear), or `bindings`."""
+        if bindings is None:
+            if model is None:
+                raise ValueError("LoraSlots needs a model or bindings")
+            bindings = find_bindings(model)
+        layers = list(bindings)
         if not layers:
-            raise ValueError("the model has no LoraLinear layers: nothing to swap")
+            raise ValueError(
+                "the model has no LoRA layers (LoraLinear or PEFT LoRA Linear): nothing to swap"
+            )
+        check_unique([name for name, _ in layers])
         devices = {m.lora_A.device for _, m in layers}
         if len(devices) != 1:
             raise ValueError(f"LoRA slots span several devices: {sorted(map(str, devices))}")
@@ -112,11 +130,12 @@ class LoraSlots:
             slot = self.layout.slots[name]
             flat = self.flats[slot.dtype]
             a, b = slot.a_view(flat), slot.b_view(flat)
-            a.copy_(layer.lora_A)
-            b.copy_(layer.lora_B)
-            self.scales[slot.index].copy_(layer.lora_scaling)
-            layer.lora_A, layer.lora_B = a, b
-            layer.lora_scaling = self.scales[slot.index]
+            with torch.no_grad():
+                a.copy_(layer.lora_A)
+                b.copy_(layer.lora_B)
+            self.scales[slot.index] = layer.scale
+            layer.bind(a, b, self.scales[slot.index])
+        self.bindings: dict[str, LayerBinding] = dict(layers)
         self._stream: torch.cuda.Stream | None = None
         if self.device.type == "cuda":
             self._stream = torch.cuda.Stream(self.device)  # type: ignore[no-untyped-call]
@@ -138,6 +157,12 @@ class LoraSlots:
         with torch.cuda.stream(self._stream):
             self._copy(flats, scales, non_blocking=True)
         self._stream.synchronize()
+
+    def settle(self, plan: AdapterPlan) -> None:
+        """After `load`, inside the same request boundary: let layers that keep state outside
+        the slots (PEFT's python-float scale) catch up with what the slots now hold."""
+        for name, binding in self.bindings.items():
+            binding.settle(plan.layers.get(name))
 
     def _copy(
         self, flats: Mapping[torch.dtype, torch.Tensor], scales: torch.Tensor, *, non_blocking: bool
