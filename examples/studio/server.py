@@ -45,6 +45,7 @@ from modelcache.runtime import (
     LoraRuntime,
     ReloadService,
     RuntimeConfig,
+    TornWeightsError,
     watch_current,
 )
 
@@ -237,7 +238,7 @@ class _Handler(BaseHTTPRequestHandler):
             generation = self.server.studio.generate(seed, steps)
         except BadRequestError as error:
             return 400, {"ok": False, "reason": str(error)}
-        except NoAdapterError as error:
+        except (NoAdapterError, TornWeightsError) as error:
             return 503, {"ok": False, "reason": str(error), "version": None}
         return 200, {"ok": True, **generation.to_json(with_image=with_image)}
 
@@ -249,7 +250,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200, studio.health())
         elif self.path == "/readyz":
             live = studio.live_version
-            ready = live is not None or studio.allow_base
+            torn = studio.runtime.controller.torn  # a failed copy: not ready until a swap works
+            ready = torn is None and (live is not None or studio.allow_base)
             self._json(200 if ready else 503, {"ok": ready, "live_version": live})
         elif self.path == STATUS_PATH:
             self._json(200, {**studio.reloads.status(), "last_reload": studio.last_reload})

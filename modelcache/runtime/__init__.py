@@ -18,7 +18,7 @@ request boundary; on any failure the live version and weights stay as they were.
 from modelcache.runtime.controller import SwapController
 from modelcache.runtime.diffusers_pipeline import diffusers_keys
 from modelcache.runtime.endpoint import ReloadServer, ReloadService, asgi_app
-from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.errors import SwapRefused, TornWeightsError
 from modelcache.runtime.lora import LoraLinear, add_lora
 from modelcache.runtime.plan import AdapterPlan, KeyMap, make_plan, peft_keys
 from modelcache.runtime.runtime import LoraRuntime, RuntimeConfig, SwapResult
@@ -41,6 +41,7 @@ __all__ = [
     "SwapController",
     "SwapRefused",
     "SwapResult",
+    "TornWeightsError",
     "add_lora",
     "asgi_app",
     "diffusers_keys",

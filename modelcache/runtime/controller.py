@@ -18,7 +18,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
-from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.errors import SwapRefused, TornWeightsError
 
 
 class SwapController:
@@ -30,6 +30,7 @@ class SwapController:
         self._in_flight = 0
         self._barrier = False
         self._live = live_version
+        self._torn: str | None = None
 
     @property
     def live_version(self) -> str | None:
@@ -37,15 +38,25 @@ class SwapController:
             return self._live
 
     @property
+    def torn(self) -> str | None:
+        """Why the live weights are a mix of two versions (a copy failed), else None."""
+        with self._cond:
+            return self._torn
+
+    @property
     def in_flight(self) -> int:
         with self._cond:
             return self._in_flight
 
     def enter(self) -> str | None:
-        """Wait out any swap, then count this request in; returns the version it will see."""
+        """Wait out any swap, then count this request in; returns the version it will see.
+
+        Raises TornWeightsError while the live weights are a mix of two versions."""
         with self._cond:
             while self._barrier:
                 self._cond.wait()
+            if self._torn is not None:
+                raise TornWeightsError(self._torn)
             self._in_flight += 1
             return self._live
 
@@ -77,7 +88,8 @@ class SwapController:
     def exclusive(self, version: str, apply: Callable[[], None]) -> float:
         """Block new requests, drain, run `apply` (the copy), make `version` live.
 
-        Returns the seconds spent waiting for the drain. Callers serialise swaps."""
+        Returns the seconds spent waiting for the drain. Callers serialise swaps. If `apply`
+        fails, the weights are torn: TornWeightsError, for this call and every request after."""
         started = time.monotonic()
         with self._cond:
             self._barrier = True
@@ -92,7 +104,17 @@ class SwapController:
                         f"{self.drain_timeout_s:g}s; the swap was not applied",
                     )
                 waited = time.monotonic() - started
-                apply()  # under the lock: nobody is inside, and nobody can enter
+                try:
+                    apply()  # under the lock: nobody is inside, and nobody can enter
+                except Exception as error:
+                    self._torn = (
+                        f"copying {version} into the live weights failed partway ({error!r}); "
+                        f"they mix {self._live or 'the previous weights'} and {version} "
+                        "until a swap succeeds"
+                    )
+                    self._live = None
+                    raise TornWeightsError(self._torn) from error
+                self._torn = None
                 self._live = version
                 return waited
             finally:

@@ -6,7 +6,9 @@ plain ASGI callable (`asgi_app`, to mount in an existing FastAPI/Starlette/any A
 without this package depending on one). Answers, as `modelcache.agent.reload` reads them:
 200 {"ok": true, "live_version", "timings": {read_s, verify_s, stage_s, swap_s, ...}};
 409 {"ok": false, "reason", "live_version"} when a version is refused (the live one
-stays); 400 for a malformed call, 404 for a model this pod does not serve.
+stays); 500 {"ok": false, "kind": "torn", ...} when the copy itself failed partway
+(requests are refused until a swap succeeds); 400 for a malformed call, 404 for a
+model this pod does not serve.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.errors import SwapRefused, TornWeightsError
 from modelcache.runtime.runtime import LoraRuntime
 
 MAX_BODY = 64 * 1024
@@ -65,6 +67,8 @@ class ReloadService:
             }
         try:
             result = runtime.swap(call["version"], Path(call["path"]))
+        except TornWeightsError as torn:
+            return 500, {"ok": False, "reason": str(torn), "kind": "torn", "live_version": None}
         except SwapRefused as refusal:
             return 409, {
                 "ok": False,
@@ -77,7 +81,11 @@ class ReloadService:
     def status(self) -> dict[str, Any]:
         return {
             "models": {
-                name: {"live_version": rt.live_version, "in_flight": rt.controller.in_flight}
+                name: {
+                    "live_version": rt.live_version,
+                    "in_flight": rt.controller.in_flight,
+                    "torn": rt.controller.torn,
+                }
                 for name, rt in self.runtimes.items()
             }
         }

@@ -34,3 +34,11 @@ class SwapRefused(Exception):  # noqa: N818 - a refusal, not an error of ours
         super().__init__(reason)
         self.kind: RefusalKind = kind
         self.reason = reason
+
+
+class TornWeightsError(RuntimeError):
+    """The copy into the live slots failed partway, so they hold parts of two versions.
+
+    Raised by that swap and then by every request until a swap succeeds: a pod that
+    refuses requests fails its readiness and gets the agent's attention; one that
+    silently serves a blend of two adapters does not."""

@@ -23,7 +23,7 @@ class RuntimeMetrics:
         )
         self.failures = Counter(
             "modelcache_runtime_swap_failures",
-            "Swaps refused, by reason (the live version stayed).",
+            "Swaps refused, by reason (the live version stayed), or `torn` (a copy failed).",
             ["model", "reason"],
             registry=r,
         )
@@ -42,10 +42,11 @@ class RuntimeMetrics:
         )
         self._live: dict[str, str] = {}
 
-    def set_live(self, model: str, version: str) -> None:
-        """Exactly one live-version series per model."""
-        old = self._live.get(model)
+    def set_live(self, model: str, version: str | None) -> None:
+        """Exactly one live-version series per model (none while the weights are torn)."""
+        old = self._live.pop(model, None)
         if old is not None and old != version:
             self.live_version.remove(model, old)
-        self.live_version.labels(model, version).set(1)
-        self._live[model] = version
+        if version is not None:
+            self.live_version.labels(model, version).set(1)
+            self._live[model] = version

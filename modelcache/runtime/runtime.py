@@ -23,7 +23,7 @@ from torch import nn
 
 from modelcache.runtime.bindings import LayerBinding
 from modelcache.runtime.controller import SwapController
-from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.errors import SwapRefused, TornWeightsError
 from modelcache.runtime.metrics import RuntimeMetrics
 from modelcache.runtime.plan import AdapterPlan, KeyMap, make_plan, peft_keys
 from modelcache.runtime.safetensors_format import read_header
@@ -171,10 +171,17 @@ class LoraRuntime:
                 gauge.dec()
 
     def swap(self, version: str, path: Path) -> SwapResult:
-        """Make `version` (the directory `path`) live, or raise SwapRefused and change nothing."""
+        """Make `version` (the directory `path`) live, or raise SwapRefused and change nothing.
+
+        TornWeightsError if the copy itself failed partway (see `SwapController.exclusive`)."""
         try:
             with self._swap_lock:
                 result = self._swap(version, Path(path))
+        except TornWeightsError as torn:
+            self.metrics.failures.labels(self.name, "torn").inc()
+            self.metrics.set_live(self.name, None)
+            log.error("L1_TORN: %s %s: %s", self.name, version, torn)
+            raise
         except SwapRefused as refusal:
             self.metrics.failures.labels(self.name, refusal.kind).inc()
             log.warning(
