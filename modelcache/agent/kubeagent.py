@@ -17,11 +17,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from kubernetes import client
-from kubernetes.client.exceptions import ApiException
-
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import Event
+from modelcache.agent.kubeapi import ApiError, KubeClient, core_path
 from modelcache.agent.kubewatch import NodeCacheWatcher, StatusReporter
 from modelcache.agent.reload import call_reload
 from modelcache.api.nodecache import (
@@ -76,7 +74,7 @@ class KubeAgent:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeClient,
         node: str,
         engine: CacheEngine,
         *,
@@ -84,7 +82,6 @@ class KubeAgent:
         status_interval: float = 0.5,
     ) -> None:
         self.api = api
-        self.core = client.CoreV1Api(api)
         self.node = node
         self.engine = engine
         self.resync_seconds = resync_seconds
@@ -116,7 +113,7 @@ class KubeAgent:
                 continue
             try:
                 self.reconcile(spec.models)
-            except (ApiException, OSError) as error:
+            except (ApiError, OSError) as error:
                 log.warning("reconcile failed: %s", error)
             self.reporter.mark()
 
@@ -174,7 +171,7 @@ class KubeAgent:
                 credentials=self._credentials(entry),
             )
             state.failed.pop(version, None)
-        except (SourceError, StoreError, ApiException, OSError) as error:
+        except (SourceError, StoreError, ApiError, OSError) as error:
             state.failed[version] = str(error)
             state.last_error = str(error)
         finally:
@@ -187,8 +184,10 @@ class KubeAgent:
         ref = entry.credentials_secret
         if ref is None:
             return None
-        secret = self.core.read_namespaced_secret(ref.name, ref.namespace or entry.namespace)
-        data = {k: _decode(v) for k, v in (secret.data or {}).items()}
+        secret = self.api.get(
+            core_path("secrets", ref.name, namespace=ref.namespace or entry.namespace)
+        )
+        data = {k: _decode(v) for k, v in (secret.get("data") or {}).items()}
         values = {
             field_name: next((data[k] for k in keys if k in data), None)
             for field_name, keys in SECRET_KEYS.items()
@@ -200,14 +199,17 @@ class KubeAgent:
         if entry.reload is None or entry.active is None:
             return
         selector = entry.reload.pod_selector.to_label_selector_string()
-        pods = self.core.list_namespaced_pod(
-            entry.namespace,
-            label_selector=selector or None,
-            field_selector=f"spec.nodeName={self.node}",
-        ).items
+        pods: list[dict[str, Any]] = (
+            self.api.list(
+                core_path("pods", namespace=entry.namespace),
+                labelSelector=selector or None,
+                fieldSelector=f"spec.nodeName={self.node}",
+            ).get("items")
+            or []
+        )
         for pod in pods:
-            name = pod.metadata.name if pod.metadata else None
-            ip = pod.status.pod_ip if pod.status else None
+            name = (pod.get("metadata") or {}).get("name")
+            ip = (pod.get("status") or {}).get("podIP")
             if not name or not ip or state.acked.get(name) == entry.active:
                 continue
             result = call_reload(
@@ -233,7 +235,7 @@ class KubeAgent:
             )
             state.reloads = [r for r in state.reloads if r.pod != name] + [record]
             self.reporter.mark()
-        live = {p.metadata.name for p in pods if p.metadata and p.metadata.name}
+        live = {str(n) for p in pods if (n := (p.get("metadata") or {}).get("name"))}
         state.acked = {pod: v for pod, v in state.acked.items() if pod in live}
         state.pods = live
 

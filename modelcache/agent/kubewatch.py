@@ -13,12 +13,11 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
-from kubernetes import client, watch
-from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
+from modelcache.agent.kubeapi import ApiError, KubeClient, custom_objects_path
 from modelcache.api.k8s import GROUP, VERSION
 from modelcache.api.nodecache import NodeCacheSpec
 
@@ -31,14 +30,14 @@ class NodeCacheWatcher:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeClient,
         node: str,
         changed: Callable[[], None],
         stop: threading.Event,
         *,
         watch_timeout: int = 300,
     ) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.api = api
         self.node = node
         self.changed = changed
         self.stop = stop
@@ -58,7 +57,7 @@ class NodeCacheWatcher:
                 version = self._list()
                 backoff = 0.5
                 self._watch(version)
-            except ApiException as error:
+            except ApiError as error:
                 if error.status != 410:  # 410: the watch expired; re-list at once
                     log.warning("NodeCache watch: API error %s %s", error.status, error.reason)
                     self._sleep(backoff)
@@ -73,36 +72,29 @@ class NodeCacheWatcher:
         self.stop.wait(seconds * (0.5 + random.random()))  # noqa: S311 - jitter, not secrets
 
     def _list(self) -> str:
-        listed = cast(
-            dict[str, Any],
-            self.custom.list_cluster_custom_object(
-                GROUP, VERSION, NODE_CACHES, field_selector=f"metadata.name={self.node}"
-            ),
+        listed = self.api.list(
+            custom_objects_path(GROUP, VERSION, NODE_CACHES),
+            fieldSelector=f"metadata.name={self.node}",
         )
         items = listed.get("items") or []
         self._apply(items[0] if items else None)
         return str(listed["metadata"]["resourceVersion"])
 
     def _watch(self, resource_version: str) -> None:
-        stream = watch.Watch().stream(  # type: ignore[no-untyped-call]
-            self.custom.list_cluster_custom_object,
-            GROUP,
-            VERSION,
-            NODE_CACHES,
-            field_selector=f"metadata.name={self.node}",
+        # An ERROR event raises ApiError; 410 (the version expired) re-lists at once.
+        stream = self.api.watch(
+            custom_objects_path(GROUP, VERSION, NODE_CACHES),
             resource_version=resource_version,
             timeout_seconds=self.watch_timeout,
-            allow_watch_bookmarks=True,
+            allow_bookmarks=True,
+            fieldSelector=f"metadata.name={self.node}",
         )
         for event in stream:
             if self.stop.is_set():
                 return
-            kind = event["type"]
-            if kind == "ERROR":
-                raise ApiException(status=event["object"].get("code", 500), reason="watch error")
-            if kind == "BOOKMARK":
+            if event.type == "BOOKMARK":
                 continue
-            self._apply(None if kind == "DELETED" else event["object"])
+            self._apply(None if event.type == "DELETED" else event.object)
 
     def _apply(self, body: dict[str, Any] | None) -> None:
         spec = NodeCacheSpec.model_validate((body or {}).get("spec") or {}) if body else None
@@ -116,14 +108,14 @@ class StatusReporter:
 
     def __init__(
         self,
-        api: client.ApiClient,
+        api: KubeClient,
         node: str,
         build: Callable[[], dict[str, Any]],
         stop: threading.Event,
         *,
         min_interval: float = 0.5,
     ) -> None:
-        self.custom = client.CustomObjectsApi(api)
+        self.api = api
         self.node = node
         self.build = build
         self.stop = stop
@@ -151,11 +143,12 @@ class StatusReporter:
 
     def flush(self) -> None:
         try:
-            self.custom.patch_cluster_custom_object_status(
-                GROUP, VERSION, NODE_CACHES, self.node, {"status": self.build()}
+            self.api.patch(
+                custom_objects_path(GROUP, VERSION, NODE_CACHES, self.node, subresource="status"),
+                {"status": self.build()},
             )
             self.patches += 1
-        except ApiException as error:
+        except ApiError as error:
             if error.status != 404:  # no NodeCache yet: nothing to report on
                 log.warning("status patch failed: %s %s", error.status, error.reason)
                 self._dirty.set()

@@ -7,6 +7,7 @@ users expect; `CRDModel.to_wire()` gives what the API server stores.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,7 +41,7 @@ class LabelSelector(CRDModel):
     match_labels: dict[str, str] = Field(default_factory=dict)
     match_expressions: list[LabelSelectorRequirement] = Field(default_factory=list)
 
-    def matches(self, labels: dict[str, str]) -> bool:
+    def matches(self, labels: Mapping[str, str]) -> bool:
         if any(labels.get(k) != v for k, v in self.match_labels.items()):
             return False
         return all(_requirement_holds(r, labels) for r in self.match_expressions)
@@ -60,7 +61,7 @@ class LabelSelector(CRDModel):
         return ",".join(parts)
 
 
-def _requirement_holds(req: LabelSelectorRequirement, labels: dict[str, str]) -> bool:
+def _requirement_holds(req: LabelSelectorRequirement, labels: Mapping[str, str]) -> bool:
     if req.operator == "In":
         return labels.get(req.key) in req.values
     if req.operator == "NotIn":

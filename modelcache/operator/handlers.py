@@ -8,6 +8,7 @@ NodeCache first (kopf's finalizer); agents then delete the files.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 from functools import partial
@@ -19,6 +20,7 @@ from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from modelcache.api.k8s import GROUP, VERSION
+from modelcache.operator.clusterview import ClusterView
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
 from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_until
 
@@ -57,6 +59,18 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.wakeups = WakeupBoard()
 
 
+@kopf.index(GROUP, VERSION, "nodecaches")
+def node_caches(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Every NodeCache as last watched; a deep copy, so a snapshot never changes under a thread."""
+    return {name: copy.deepcopy(dict(body))}
+
+
+@kopf.index("", "v1", "nodes")
+def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str, str]]:
+    """Every Node's labels: all a ModelVersion's nodeSelector looks at."""
+    return {name: dict(labels)}
+
+
 @kopf.daemon(GROUP, VERSION, "modelversions", cancellation_timeout=10.0)
 async def rollout(
     stopped: kopf.DaemonStopped,
@@ -64,7 +78,7 @@ async def rollout(
     name: str,
     memo: Any,
     logger: Logger,
-    **_: Any,
+    **indexes: Any,
 ) -> None:
     """Reconcile this ModelVersion until it is deleted (or this operator loses leadership).
 
@@ -80,7 +94,11 @@ async def rollout(
             interval = ACTIVE_INTERVAL
             try:
                 async with board.lock(namespace, name):
-                    outcome = await finish_in_thread(partial(reconciler.reconcile, namespace, name))
+                    # Snapshot the indexes here, on the loop that updates them.
+                    view = ClusterView.from_indexes(indexes["node_caches"], indexes["node_labels"])
+                    outcome = await finish_in_thread(
+                        partial(reconciler.reconcile, namespace, name, view)
+                    )
                 if outcome.settled:
                     interval = SETTLED_INTERVAL
             except ApiException as error:

@@ -28,6 +28,7 @@ from modelcache.api.modelversion import (
     RolloutState,
 )
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus
+from modelcache.operator.clusterview import ClusterView
 from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
 from modelcache.operator.planner import Plan, PlanEvent, plan_rollout
 
@@ -65,6 +66,22 @@ class Reconciler:
         self.core = client.CoreV1Api(api)
         self.clock = clock
         self._writers = ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="nodecache-write")
+        # NodeCache name -> (resourceVersion, spec, status) as last parsed.
+        self._parsed: dict[str, tuple[str, NodeCacheSpec, NodeCacheStatus | None]] = {}
+
+    def _parse(self, cache: dict[str, Any]) -> tuple[NodeCacheSpec, NodeCacheStatus | None]:
+        """A NodeCache's spec and status, parsed once per resourceVersion: every rollout
+        reads every NodeCache every step, and most steps find nothing changed."""
+        meta = cache.get("metadata") or {}
+        version = meta.get("resourceVersion")
+        known = self._parsed.get(meta.get("name", ""))
+        if version is not None and known is not None and known[0] == version:
+            return known[1], known[2]
+        spec = NodeCacheSpec.model_validate(cache.get("spec") or {})
+        status = _status(cache)
+        if version is not None:
+            self._parsed[meta["name"]] = (version, spec, status)
+        return spec, status
 
     # -- reading --------------------------------------------------------------------------
     def _model_version(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -93,15 +110,21 @@ class Reconciler:
         return {item["metadata"]["name"]: item for item in listed["items"]}
 
     # -- the step -------------------------------------------------------------------------
-    def reconcile(self, namespace: str, name: str) -> Outcome:
+    def reconcile(self, namespace: str, name: str, view: ClusterView | None = None) -> Outcome:
+        """One step. `view`: the Nodes and NodeCaches as the operator's watches hold them
+        (None: LIST both from the API server, as a test or a one-off run does)."""
         body = self._model_version(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return Outcome(None, True, 0)
         spec = ModelVersionSpec.model_validate(body["spec"])
         status = ModelVersionStatus.model_validate(body.get("status") or {})
-        nodes = self._selected_nodes(spec)
-        caches = self._node_caches()
-        statuses = {node: _status(caches.get(node)) for node in nodes}
+        if view is None:
+            nodes, caches = self._selected_nodes(spec), self._node_caches()
+        else:
+            nodes, caches = view.select(spec.node_selector), dict(view.caches)
+        statuses = {
+            node: self._parse(caches[node])[1] if node in caches else None for node in nodes
+        }
         now = self.clock()
         plan = plan_rollout(
             spec,
@@ -124,9 +147,10 @@ class Reconciler:
             for node, cache in caches.items()
             if node not in plan.assignments and _has_entry(cache, namespace, name)
         ]
-        written = self._write_all(jobs)
+        written = self._write_all([job for job in jobs if self._changes(job)])
         new_status = self._status(body, status, plan, now)
-        self._write_status(namespace, name, new_status)
+        if new_status != status:  # a waiting rollout re-plans every second, mostly to no change
+            self._write_status(namespace, name, new_status)
         for event in plan.events:
             self._event(body, event)
         settled = plan.rollout.phase in ("Complete", "Failed") and written == 0
@@ -142,6 +166,14 @@ class Reconciler:
                 if _has_entry(cache, namespace, name)
             ]
         )
+
+    def _changes(self, job: WriteJob) -> bool:
+        """Whether the job would change the NodeCache as last seen (skip the thread if not)."""
+        _, cache, change = job
+        if cache is None:
+            return True
+        current = self._parse(cache)[0]
+        return change(current) != current
 
     def _write_all(
         self,
@@ -180,7 +212,7 @@ class Reconciler:
                     if error.status != 409:
                         raise
             else:
-                current = NodeCacheSpec.model_validate(cache.get("spec") or {})
+                current = self._parse(cache)[0]
                 wanted = change(current)
                 if wanted == current:
                     return 0

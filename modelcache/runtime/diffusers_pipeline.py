@@ -10,6 +10,15 @@ before diffusers used PEFT (`...lora.down.weight`/`lora.up.weight`, `lora_linear
 attention-processor `to_q_lora.down`) map onto the same slots; kohya files (`lora_unet_*`,
 `.alpha` tensors) do not and are refused key by key.
 
+CLIP text encoders' `text_model.` level: transformers 5 flattened `CLIPTextModel`
+(`encoder.layers.0...`) but not `CLIPTextModelWithProjection` (`text_model.encoder...`),
+and LoRAs trained earlier name both with `text_model.` (`text_encoder.text_model.encoder
+...`). diffusers drops the level from the keys when the text encoder has none; the key
+map cannot see the pipeline, so slot names drop it for every text encoder instead: keys
+`<text_encoder*>.text_model.<rest>` and `<text_encoder*>.<rest>` both name the slot
+`<text_encoder*>.<rest>`, and a text encoder with a `text_model` child is registered
+through `TextModelView`, which holds the same submodules one level up.
+
 Settings (rank, alpha, target modules) per component, first found wins:
 1. `lora_adapter_metadata` in the safetensors header: a JSON object of
    `<component>.<LoraConfig field>`, which diffusers writes when the saver passes
@@ -51,6 +60,8 @@ _SUFFIXES = (
 # attention-processor names -> module names, per kind of component
 _UNET_PROCESSOR = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TEXT_PROCESSOR = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+_TEXT_ENCODER = "text_encoder"  # text_encoder, text_encoder_2, text_encoder_3
+_TEXT_MODEL = "text_model."
 
 
 def diffusers_keys(key: str) -> tuple[str, str] | None:
@@ -61,12 +72,20 @@ def diffusers_keys(key: str) -> tuple[str, str] | None:
         name = key[: -len(suffix)].replace(".processor.", ".")
         if suffix.startswith("_lora"):
             head, _, processor = name.rpartition(".")
-            names = _TEXT_PROCESSOR if name.startswith("text_encoder") else _UNET_PROCESSOR
+            names = _TEXT_PROCESSOR if name.startswith(_TEXT_ENCODER) else _UNET_PROCESSOR
             if processor not in names:
                 return None
             name = f"{head}.{names[processor]}"
-        return name, part
+        return _without_text_model(name), part
     return None
+
+
+def _without_text_model(name: str) -> str:
+    """`text_encoder.text_model.encoder...` -> `text_encoder.encoder...` (module docstring)."""
+    component, _, rest = name.partition(".")
+    if component.startswith(_TEXT_ENCODER) and rest.startswith(_TEXT_MODEL):
+        return f"{component}.{rest.removeprefix(_TEXT_MODEL)}"
+    return name
 
 
 def pipeline_modules(pipeline: Any, components: Sequence[str] | None = None) -> nn.ModuleDict:
@@ -83,13 +102,45 @@ def pipeline_modules(pipeline: Any, components: Sequence[str] | None = None) -> 
         if components is not None and not isinstance(module, nn.Module):
             raise ValueError(f"pipeline component {name!r} is not a torch module")
         if isinstance(module, nn.Module) and (components is not None or _has_lora(module)):
-            chosen[name] = module
+            chosen[name] = _flattened(module) if name.startswith(_TEXT_ENCODER) else module
     if not chosen:
         raise ValueError(
             f"no component of {type(pipeline).__name__} holds LoRA layers: call "
             "pipe.load_lora_weights(...) with an adapter of the largest rank you will serve first"
         )
     return nn.ModuleDict(chosen)
+
+
+class TextModelView(nn.Module):
+    """A text encoder's submodules with its `text_model` level left out of their names.
+
+    Registers references to the same modules (nothing is copied, moved or wrapped), so
+    `text_model.encoder.layers.0.self_attn.q_proj` is found as `encoder.layers.0...`.
+    Only for naming the slots: it has no forward."""
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        for name, child in encoder.named_children():
+            if name == _TEXT_MODEL.rstrip("."):
+                for inner, grandchild in child.named_children():
+                    self.add_module(inner, grandchild)
+            else:
+                self.add_module(name, child)
+
+
+def _flattened(module: nn.Module) -> nn.Module:
+    """`module` itself, or a `TextModelView` of it when it has a `text_model` child."""
+    children = dict(module.named_children())
+    text_model = children.pop(_TEXT_MODEL.rstrip("."), None)
+    if text_model is None:
+        return module
+    clash = sorted(set(children) & {name for name, _ in text_model.named_children()})
+    if clash:
+        raise ValueError(
+            f"{type(module).__name__} has both text_model.{clash[0]} and {clash[0]}: "
+            "its LoRA layers cannot be named the way diffusers names their keys"
+        )
+    return TextModelView(module)
 
 
 def _has_lora(module: nn.Module) -> bool:

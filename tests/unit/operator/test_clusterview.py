@@ -1,0 +1,58 @@
+"""The operator's view of Nodes and NodeCaches from its watch indexes selects as the API does."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from modelcache.api.k8s import LabelSelector, LabelSelectorRequirement
+from modelcache.operator.clusterview import ClusterView
+
+NODES = {
+    "gpu-a": {"pool": "a100", "zone": "z1"},
+    "gpu-b": {"pool": "a100", "zone": "z2", "drain": "true"},
+    "gpu-c": {"pool": "h100"},
+    "cpu-d": {},
+}
+
+
+def view(labels: dict[str, dict[str, str]] = NODES) -> ClusterView:
+    return ClusterView.from_indexes(
+        {name: [{"metadata": {"name": name}}] for name in labels},
+        {name: [value] for name, value in labels.items()},
+    )
+
+
+def test_match_labels_and_expressions_select_like_the_api_server() -> None:
+    selector = LabelSelector(
+        match_labels={"pool": "a100"},
+        match_expressions=[LabelSelectorRequirement(key="drain", operator="DoesNotExist")],
+    )
+    assert view().select(selector) == ["gpu-a"]
+    not_in = LabelSelector(
+        match_expressions=[LabelSelectorRequirement(key="zone", operator="NotIn", values=["z2"])]
+    )
+    assert view().select(not_in) == ["cpu-d", "gpu-a", "gpu-c"]  # NotIn holds where unset
+    exists = LabelSelector(
+        match_expressions=[LabelSelectorRequirement(key="zone", operator="Exists")]
+    )
+    assert view().select(exists) == ["gpu-a", "gpu-b"]
+    assert view().select(LabelSelector()) == sorted(NODES), "an empty selector selects every node"
+
+
+def test_from_indexes_keeps_every_cache_by_name() -> None:
+    assert sorted(view().caches) == sorted(NODES)
+    assert view().caches["gpu-b"]["metadata"]["name"] == "gpu-b"
+
+
+labels = st.dictionaries(st.sampled_from(["pool", "zone", "gpu"]), st.sampled_from(["x", "y"]))
+
+
+@given(st.dictionaries(st.text("abc", min_size=1, max_size=3), labels), labels)
+def test_match_labels_selects_exactly_the_nodes_carrying_them(
+    nodes: dict[str, dict[str, str]], wanted: dict[str, str]
+) -> None:
+    chosen = view(nodes).select(LabelSelector(match_labels=wanted))
+    assert chosen == sorted(
+        n for n, have in nodes.items() if all(have.get(k) == v for k, v in wanted.items())
+    )
