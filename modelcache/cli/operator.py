@@ -17,8 +17,24 @@ def operator(
         ),
     ] = None,
     priority: Annotated[
-        int, typer.Option("--priority", help="Peering priority (highest leads).")
-    ] = 0,
+        int | None,
+        typer.Option(
+            "--priority",
+            help="Peering priority; the highest live replica leads. Default: random, so "
+            "replicas never tie (kopf pauses every replica of a tied priority).",
+        ),
+    ] = None,
+    peering: Annotated[
+        str, typer.Option("--peering", help="ClusterKopfPeering the replicas elect through.")
+    ] = "modelcache",
+    peering_lifetime: Annotated[
+        int,
+        typer.Option(
+            "--peering-lifetime",
+            min=2,
+            help="Seconds a silent leader still counts as alive; a standby takes over after.",
+        ),
+    ] = 60,
     standalone: Annotated[
         bool, typer.Option("--standalone", help="No leader election: only ever run one replica.")
     ] = False,
@@ -34,8 +50,9 @@ def operator(
     )
     run_operator(
         kubeconfig=kubeconfig,
-        peering=None if standalone else "modelcache",
+        peering=None if standalone else peering,
         priority=priority,
+        peering_lifetime=peering_lifetime,
         liveness=liveness,
     )
 

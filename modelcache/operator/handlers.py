@@ -43,6 +43,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration"
     )
+    settings.peering.lifetime = memo.get("peering_lifetime", 60)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     configuration = client.Configuration()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import secrets
 import threading
 from pathlib import Path
 
@@ -11,6 +13,8 @@ import kopf
 from kubernetes import client
 from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
+
+log = logging.getLogger(__name__)
 
 PEERING_GROUP = "kopf.dev"
 PEERING_PLURAL = "clusterkopfpeerings"
@@ -35,21 +39,28 @@ def run_operator(
     *,
     kubeconfig: Path | None = None,
     peering: str | None = "modelcache",
-    priority: int = 0,
+    priority: int | None = None,
+    peering_lifetime: int = 60,
     liveness: str | None = None,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
 ) -> None:
-    """Block until stopped. `peering=None` runs standalone (a single replica, no election)."""
+    """Block until stopped. `peering=None` runs standalone (a single replica, no election).
+
+    `priority=None` draws one at random: kopf pauses all replicas that share the highest
+    priority, so two replicas started alike (a Deployment) must not tie."""
     import modelcache.operator.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     if kubeconfig is not None:
         os.environ["KUBECONFIG"] = str(kubeconfig)  # kopf's own login reads it too
+    if priority is None:
+        priority = 1 + secrets.randbelow(2**31 - 1)
     if peering is not None:
+        log.info("peering %r, priority %d, lifetime %ds", peering, priority, peering_lifetime)
         api = kube_config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
         with api:
             ensure_peering(api, peering)
-    memo = kopf.Memo(kubeconfig=os.environ.get("KUBECONFIG"))
+    memo = kopf.Memo(kubeconfig=os.environ.get("KUBECONFIG"), peering_lifetime=peering_lifetime)
     asyncio.run(
         kopf.operator(
             clusterwide=True,
