@@ -129,10 +129,14 @@ class KubeAgent:
         state = self._models.setdefault(entry.key, _ModelState())
         store = self.engine.store
         if entry.active and store.has_version(model, entry.active):
-            if store.current(model) != entry.active:
+            flipped = store.current(model) != entry.active
+            if flipped:
                 self.engine.flip(model, entry.active)
-                self.reporter.mark()
-            self._reload(model, entry, state)
+            try:
+                self._reload(model, entry, state)
+            finally:  # one status patch says "flipped and reloaded", not two min_interval apart
+                if flipped:
+                    self.reporter.mark()
         for version in entry.versions:
             if not store.has_version(model, version) and version not in state.failed:
                 self._start_pull(model, entry, version)
