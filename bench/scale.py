@@ -280,6 +280,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark reads best top to bottom
     )
     console.print(
         f"operator: ACTIVE_INTERVAL {handlers.ACTIVE_INTERVAL} s, "
+        f"WAITING_INTERVAL {handlers.WAITING_INTERVAL} s, "
         f"SETTLED_INTERVAL {handlers.SETTLED_INTERVAL} s; {pool}"
     )
     work = args.keep or Path(tempfile.mkdtemp(prefix="modelcache-scale-"))

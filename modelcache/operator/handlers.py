@@ -1,8 +1,9 @@
 """kopf handlers: the thin layer between Kubernetes watches and the Reconciler.
 
-One daemon per ModelVersion runs reconcile steps: quickly while a rollout is in
-flight, rarely once settled, and at once when a NodeCache it depends on, a Node,
-or the ModelVersion itself changes. Deleting a ModelVersion removes it from every
+One daemon per ModelVersion runs reconcile steps: every second after a step that
+wrote NodeCaches, every 5 s while a rollout waits on agents, every 30 s once
+settled, and at once when a NodeCache it depends on, a Node, or the ModelVersion
+itself changes. Deleting a ModelVersion removes it from every
 NodeCache first (kopf's finalizer); agents then delete the files.
 """
 
@@ -26,7 +27,8 @@ from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_unt
 
 FINALIZER = f"{GROUP}/cleanup"
 Logger = logging.Logger | logging.LoggerAdapter[Any]
-ACTIVE_INTERVAL = 1.0
+ACTIVE_INTERVAL = 1.0  # after a step that wrote NodeCaches: their agents are acting
+WAITING_INTERVAL = 5.0  # a rollout waiting on agents: their reports wake it, this is a safety net
 SETTLED_INTERVAL = 30.0
 
 
@@ -102,6 +104,8 @@ async def rollout(
                     )
                 if outcome.settled:
                     interval = SETTLED_INTERVAL
+                elif outcome.written_nodes == 0:
+                    interval = WAITING_INTERVAL
             except ApiException as error:
                 logger.warning("reconcile failed (%s): %s", error.status, error.reason)
             except ValueError as error:  # a spec the models refuse (the CRD schema is looser)
