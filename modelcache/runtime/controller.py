@@ -31,6 +31,7 @@ class SwapController:
         self._barrier = False
         self._live = live_version
         self._torn: str | None = None
+        self._mine = threading.local()  # requests this thread is inside (async ones excluded)
 
     @property
     def live_version(self) -> str | None:
@@ -70,9 +71,11 @@ class SwapController:
     def request(self) -> Iterator[str | None]:
         """`with controller.request() as version:` the weights stay at `version` inside."""
         version = self.enter()
+        self._mine.depth = getattr(self._mine, "depth", 0) + 1
         try:
             yield version
         finally:
+            self._mine.depth -= 1
             self.leave()
 
     @asynccontextmanager
@@ -90,6 +93,12 @@ class SwapController:
 
         Returns the seconds spent waiting for the drain. Callers serialise swaps. If `apply`
         fails, the weights are torn: TornWeightsError, for this call and every request after."""
+        if getattr(self._mine, "depth", 0):
+            raise SwapRefused(
+                "busy",
+                "a swap was asked for from inside a request on the same thread: it would wait "
+                "for its own request to finish; swap from outside request()",
+            )
         started = time.monotonic()
         with self._cond:
             self._barrier = True

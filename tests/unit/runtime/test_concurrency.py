@@ -105,7 +105,32 @@ def test_a_swap_waits_for_requests_in_flight_and_holds_new_ones() -> None:
 
 def test_a_swap_that_cannot_drain_is_refused_and_lets_requests_go_on() -> None:
     controller = SwapController(drain_timeout_s=0.05, live_version="v1")
-    with controller.request(), pytest.raises(SwapRefused, match="1 requests still in flight"):
-        controller.exclusive("v2", lambda: None)
-    with controller.request() as version:  # the barrier is down again
-        assert version == "v1"
+    inside, release = threading.Event(), threading.Event()
+
+    def stuck_request() -> None:
+        with controller.request():
+            inside.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=stuck_request)
+    holder.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(SwapRefused, match="1 requests still in flight"):
+            controller.exclusive("v2", lambda: None)
+        with controller.request() as version:  # the barrier is down again
+            assert version == "v1"
+    finally:
+        release.set()
+        holder.join()
+
+
+def test_a_swap_from_inside_a_request_on_the_same_thread_is_refused_at_once() -> None:
+    controller = SwapController(drain_timeout_s=600, live_version="v1")
+    applied: list[str] = []
+    with controller.request(), pytest.raises(SwapRefused, match="inside a request on the same"):
+        controller.exclusive("v2", lambda: applied.append("v2"))  # would wait 600 s for itself
+    assert applied == []
+    assert controller.live_version == "v1"
+    controller.exclusive("v2", lambda: applied.append("v2"))  # outside a request: fine
+    assert (applied, controller.live_version) == (["v2"], "v2")
