@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -67,6 +68,13 @@ def paused(process: ManagedProcess) -> bool:
     return resumed == -1 or text.rfind("Pausing operations") > resumed
 
 
+def quiet(process: ManagedProcess, seconds: float = 1.0) -> bool:
+    """True once the process's log has not grown for `seconds`."""
+    before = process.log_path.stat().st_size
+    time.sleep(seconds)
+    return process.log_path.stat().st_size == before
+
+
 def held(crds: client.CustomObjectsApi, node: str, name: str) -> list[str]:
     """The versions the node is told to hold for `name` (none yet: [])."""
     try:
@@ -89,8 +97,10 @@ def test_one_replica_leads_and_a_standby_takes_over_after_a_kill(
         leader = max(replicas, key=priority)
         (standby,) = [r for r in replicas if r is not leader]
         assert priority(leader) != priority(standby), "replicas started alike must not tie"
-        # kopf may let the standby act for a moment at startup, until it sees the leader.
+        # kopf may let the standby act for a moment at startup, until it sees the leader,
+        # and events already in its pipeline finish after it pauses: wait for it to go quiet.
         eventually(lambda: paused(standby), "the lower-priority replica to pause", standby)
+        eventually(lambda: quiet(standby), "the paused replica to go quiet", standby)
         handled_before = len(standby.log_path.read_text())
 
         name = f"lora-{uuid.uuid4().hex[:6]}"
