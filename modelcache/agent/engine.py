@@ -153,6 +153,22 @@ class CacheEngine:
             files = len(self.store.manifest(model, version).files)
             self.events.emit(Event.L2_HIT, model=str(model), version=version, files=files)
             return PullResult(model, version, files, 0, 0, 0.0, already_installed=True)
+        try:
+            return self._download(model, url, version, shown, credentials)
+        except (SourceError, StoreError) as error:  # every failed pull is an event, early or late
+            self.events.emit(
+                Event.ERROR, operation="pull", model=str(model), version=version, error=str(error)
+            )
+            raise
+
+    def _download(
+        self,
+        model: ModelRef,
+        url: str,
+        version: str,
+        shown: PullProgress,
+        credentials: Credentials | None,
+    ) -> PullResult:
         client = self.client(url, credentials)
         manifest = read_manifest(client, version)
         missing = self._missing_blobs(manifest)
@@ -176,11 +192,6 @@ class CacheEngine:
                     model, client, version, sha256, entry, progress=shown
                 )
             self.store.install_version(model, manifest)
-        except (SourceError, StoreError) as error:
-            self.events.emit(
-                Event.ERROR, operation="pull", model=str(model), version=version, error=str(error)
-            )
-            raise
         finally:
             shown.finish()
         seconds = time.monotonic() - started

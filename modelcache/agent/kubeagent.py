@@ -17,6 +17,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from urllib3.exceptions import HTTPError
+
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import Event
 from modelcache.agent.kubeapi import ApiError, KubeClient, core_path
@@ -34,6 +36,7 @@ from modelcache.sources.base import Credentials, SourceError
 from modelcache.store import ModelRef, StoreError
 
 log = logging.getLogger(__name__)
+RETRY_SECONDS = 2.0  # after a failed step (API server unreachable), instead of a full resync
 SECRET_KEYS = {
     "endpoint": ("OSS_ENDPOINT", "AWS_ENDPOINT_URL"),
     "access_key_id": ("OSS_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID"),
@@ -103,18 +106,23 @@ class KubeAgent:
     def run(self) -> None:
         self.watcher.start()
         self.reporter.start()
+        wait = self.resync_seconds
         while not self.stop.is_set():
-            self._wake.wait(self.resync_seconds)
+            self._wake.wait(wait)
             self._wake.clear()
             if self.stop.is_set():
                 break
             spec = self.watcher.spec
             if spec is None:
                 continue
+            wait = self.resync_seconds
             try:
                 self.reconcile(spec.models)
-            except (ApiError, OSError) as error:
-                log.warning("reconcile failed: %s", error)
+            except (ApiError, HTTPError, OSError) as error:
+                # e.g. the API server unreachable while listing pods for a reload: stay up
+                # (a crash would put the DaemonSet pod in CrashLoopBackOff) and retry soon.
+                log.warning("reconcile failed, retrying in %.0fs: %s", RETRY_SECONDS, error)
+                wait = min(RETRY_SECONDS, self.resync_seconds)
             self.reporter.mark()
 
     # -- the step -------------------------------------------------------------------------
@@ -176,6 +184,7 @@ class KubeAgent:
             )
             state.failed.pop(version, None)
         except (SourceError, StoreError, ApiError, OSError) as error:
+            log.warning("pull of %s %s failed: %s", model, version, error)
             state.failed[version] = str(error)
             state.last_error = str(error)
         finally:

@@ -62,15 +62,18 @@ class AgentMetrics:
             "modelcache_pulls_in_progress", "Versions being pulled now.", registry=r
         )
         self._live: dict[str, str] = {}
+        self._pulling: set[tuple[str, str]] = set()  # (model, version) started, not yet ended
 
     def observe(self, record: dict[str, Any]) -> None:
         """Event-log listener: turn cache events into metric updates."""
         event = record.get("event")
         model = str(record.get("model", ""))
         if event == Event.PULL_START:
-            self.pulls_in_progress.inc()
+            self._pulling.add((model, str(record.get("version"))))
+            self.pulls_in_progress.set(len(self._pulling))
         elif event == Event.PULL_END:
-            self.pulls_in_progress.dec()
+            self._pulling.discard((model, str(record.get("version"))))
+            self.pulls_in_progress.set(len(self._pulling))
             scheme = str(record.get("scheme", ""))
             self.source_bytes.labels(model, scheme).inc(record.get("bytes_downloaded", 0))
             self.source_seconds.labels(model, scheme).inc(record.get("seconds", 0.0))
@@ -88,7 +91,11 @@ class AgentMetrics:
         elif event == Event.EVICT:
             self.evictions.labels(model).inc()
         elif event == Event.ERROR:
-            self.errors.labels(str(record.get("operation", "unknown"))).inc()
+            operation = str(record.get("operation", "unknown"))
+            self.errors.labels(operation).inc()
+            if operation == "pull":  # failed before or after its PULL_START
+                self._pulling.discard((model, str(record.get("version"))))
+                self.pulls_in_progress.set(len(self._pulling))
 
     def set_live(self, model: str, version: str) -> None:
         """Exactly one live-version series per model."""

@@ -121,3 +121,8 @@ def test_configured_high_watermark_refuses_a_pull(cli: Cli, prefix: str, tmp_pat
     assert "Traceback" not in refused.stderr
     assert "watermark" in refused.stderr.lower()
     assert_live_untouched(cli, v1)
+    # Refused before a byte moved, and still an event for whoever reads the log.
+    (error,) = [e for e in cli.events("ERROR") if e.get("version") == "v2"]
+    assert error["operation"] == "pull"
+    assert "watermark" in error["error"]
+    assert not [e for e in cli.events("L3_PULL_START") if e["version"] == "v2"]

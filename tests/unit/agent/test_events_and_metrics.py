@@ -58,3 +58,16 @@ def test_metrics_follow_the_events() -> None:
     assert sample(metrics, "modelcache_live_version", {"model": "m", "version": "v1"}) is None
     assert sample(metrics, "modelcache_reloads_total", {"model": "m", "result": "failed"}) == 1
     assert b"modelcache_flips_total" in generate_latest(metrics.registry)
+
+
+def test_a_failed_pull_leaves_no_pull_in_progress() -> None:
+    metrics = AgentMetrics()
+    log = EventLog()
+    log.subscribe(metrics.observe)
+    log.emit(Event.PULL_START, model="m", version="v1")
+    log.emit(Event.PULL_START, model="m", version="v2")
+    assert sample(metrics, "modelcache_pulls_in_progress", {}) == 2
+    log.emit(Event.ERROR, operation="pull", model="m", version="v1", error="sha256 mismatch")
+    log.emit(Event.ERROR, operation="pull", model="m", version="v9", error="disk full")  # unstarted
+    assert sample(metrics, "modelcache_pulls_in_progress", {}) == 1
+    assert sample(metrics, "modelcache_errors_total", {"operation": "pull"}) == 2

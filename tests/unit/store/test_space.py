@@ -23,7 +23,7 @@ def test_a_pull_above_the_watermark_is_refused_with_the_numbers(root: Path) -> N
 
 
 def test_the_watermark_counts_the_pull_itself(root: Path) -> None:
-    Store(root).ensure_space(0)
+    Store(root, high_watermark=1.0).ensure_space(0)  # the cache dir exists; any disk fill
     stats = os.statvfs(root)
     total, free = stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
     gib = 1024**3
@@ -39,7 +39,7 @@ def test_the_reserve_is_kept_free(root: Path) -> None:
     store = Store(root, reserve_bytes=10**18)
     with pytest.raises(DiskFull, match=r"reserve 1000000000000000000 bytes"):
         store.ensure_space(1)
-    Store(root, reserve_bytes=0).ensure_space(1)
+    Store(root, high_watermark=1.0, reserve_bytes=0).ensure_space(1)  # however full the disk
 
 
 def test_limits_are_validated(root: Path) -> None:
