@@ -112,6 +112,7 @@ class LoraRuntime:
         self.controller = SwapController(drain_timeout_s=config.drain_timeout_s)
         self.metrics = RuntimeMetrics(registry)
         self._swap_lock = threading.Lock()
+        self._in_flight = self.metrics.in_flight.labels(config.model)
         self._live_path: Path | None = None
 
     @classmethod
@@ -151,24 +152,15 @@ class LoraRuntime:
     @contextmanager
     def request(self) -> Iterator[str | None]:
         """Run one request (or one whole generation) on one version; yields that version."""
-        with self.controller.request() as version:
-            gauge = self.metrics.in_flight.labels(self.name)
-            gauge.inc()
-            try:
-                yield version
-            finally:
-                gauge.dec()
+        with self.controller.request() as version, self._in_flight.track_inprogress():
+            yield version
 
     @asynccontextmanager
     async def request_async(self) -> AsyncIterator[str | None]:
         """`request()` for asyncio code (waits for a swap without blocking the loop)."""
         async with self.controller.request_async() as version:
-            gauge = self.metrics.in_flight.labels(self.name)
-            gauge.inc()
-            try:
+            with self._in_flight.track_inprogress():
                 yield version
-            finally:
-                gauge.dec()
 
     def swap(self, version: str, path: Path) -> SwapResult:
         """Make `version` (the directory `path`) live, or raise SwapRefused and change nothing.
