@@ -12,7 +12,6 @@ import os
 import platform
 import signal
 import statistics
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -24,9 +23,11 @@ from typing import Any
 from kubernetes import client, watch
 from kubernetes.client.exceptions import ApiException
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from urllib3.exceptions import HTTPError
 
 from modelcache.api.k8s import GROUP, VERSION
+from modelcache.operator import handlers
 from modelcache.testing.process import ManagedProcess
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,16 +206,23 @@ def delete_nodes(
         list(pool.map(delete, list(names)))
 
 
-def modelcache_process(
-    name: str, args: Sequence[str], *, log_path: Path, env: dict[str, str], stop_grace: float = 10
-) -> ManagedProcess:
-    """`python -m modelcache ARGS` as a ManagedProcess (not started)."""
-    return ManagedProcess(
-        name,
-        [sys.executable, "-m", "modelcache", *args],
-        log_path=log_path,
-        env=env,
-        stop_grace=stop_grace,
+def operator_pacing() -> str:
+    """The operator's reconcile intervals, printed with every figure that depends on them."""
+    return (
+        f"operator: ACTIVE_INTERVAL {handlers.ACTIVE_INTERVAL} s, "
+        f"WAITING_INTERVAL {handlers.WAITING_INTERVAL} s, "
+        f"SETTLED_INTERVAL {handlers.SETTLED_INTERVAL} s"
+    )
+
+
+def progress_bars() -> Progress:
+    """The benchmarks' progress display: what, a bar, n/m, elapsed."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
     )
 
 

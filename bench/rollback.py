@@ -47,8 +47,9 @@ from _cluster import (
     delete_nodes,
     load_average,
     machine,
-    modelcache_process,
+    operator_pacing,
     proc_status_kib,
+    progress_bars,
     pss_kib,
     sigterm_as_interrupt,
     spread,
@@ -57,13 +58,13 @@ from _cluster import (
 )
 from kubernetes import client
 from kubernetes import config as kube_config
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
 from modelcache.agent.events import read_events
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
-from modelcache.operator import handlers
 from modelcache.testing import KubeControlPlane, ObjectStore, ensure_toolchain
 from modelcache.testing.crds import install_crds
+from modelcache.testing.fleet import bind_pod, modelcache_process, node_agent
 from modelcache.testing.ports import free_port, is_listening
 from modelcache.testing.process import ManagedProcess
 
@@ -173,17 +174,7 @@ def start_pods(stack: contextlib.ExitStack, fleet: Fleet, port: int, progress: P
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
         fleet.pods[node] = server
-        pod = f"studio-{index}"
-        core.create_namespaced_pod(
-            namespace,
-            {
-                "metadata": {"name": pod, "labels": {"app": "studio"}},
-                "spec": {"nodeName": node, "containers": [{"name": "app", "image": "studio"}]},
-            },
-        )
-        core.patch_namespaced_pod_status(
-            pod, namespace, {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}}
-        )
+        bind_pod(core, namespace, f"studio-{index}", node=node, ip=ip, labels={"app": "studio"})
         progress.advance(pods)
 
 
@@ -237,25 +228,14 @@ def start_fleet(
     for node in nodes:
         fleet.roots[node] = work / "nodes" / node
         metrics[node] = free_port()
-        agent = modelcache_process(
-            f"agent {node}",
-            [
-                "agent",
-                "--node",
-                node,
-                "--cache",
-                str(fleet.roots[node]),
-                "--kubeconfig",
-                str(kube.kubeconfig),
-                "--metrics-port",
-                str(metrics[node]),
-                "--metrics-host",
-                "127.0.0.1",
-                "--status-interval",
-                str(args.status_interval),
-            ],
+        agent = node_agent(
+            node,
+            fleet.roots[node],
             log_path=work / "logs" / f"agent-{node}.log",
             env=env,
+            kubeconfig=kube.kubeconfig,
+            metrics_port=metrics[node],
+            status_interval=args.status_interval,
         )
         fleet.processes.append(agent)
         fleet.agents[node] = agent.start()
@@ -475,19 +455,22 @@ def print_results(results: list[Rollback], nodes: int, reads: float) -> None:
     for label, values in rows:
         console.print(f"  {label:48} {med(values):7.3f}")
     console.print(
-        f"  {'one reconcile reads MV + Nodes + NodeCaches':48} {reads:7.3f}  (from this process)"
+        f"  {'GET MV + LIST Nodes + NodeCaches':48} {reads:7.3f}  "
+        "(from this process; the operator reads its watch indexes instead)"
     )
-    # The operator writes the NodeCaches one after another, so the fan-out grows with N.
+    # The fan-out still grows with N (16 writes in flight at a time, each a round trip).
     per_write = med([(r.last_spec - r.first_spec) / max(nodes - 1, 1) for r in results])
     tail = med([r.done - r.last_spec for r in results])
     at_500 = med([r.first_spec for r in results]) + per_write * 499 + tail
     console.print(
-        f"NodeCache writes: {1000 * per_write:.1f} ms each, one after another; linear "
+        f"NodeCache writes: first to last {1000 * per_write:.1f} ms per node; linear "
         f"extrapolation to 500 nodes: ~{at_500:.1f} s (not measured)"
     )
-    if nodes <= 6:
+    if nodes == 6:
         verdict = "met" if max(done) < 1.0 else "NOT met"
         console.print(f"target (6 nodes): < 1 s: {verdict} (max {max(done):.3f} s)")
+    elif nodes < 6:
+        console.print(f"target: < 1 s at 6 nodes; {nodes} nodes: max {max(done):.3f} s")
     else:
         console.print(
             f"targets: < 1 s at 6 nodes, < 10 s at 500; {nodes} nodes: max {max(done):.3f} s"
@@ -514,23 +497,14 @@ def main() -> None:
 
     console.print(f"rollback benchmark: {args.nodes} nodes, {args.repeats} rollbacks")
     console.print(f"machine: {machine()}; load average before: {load_average()}")
-    console.print(
-        f"agents: --status-interval {args.status_interval}; operator: ACTIVE_INTERVAL "
-        f"{handlers.ACTIVE_INTERVAL} s, SETTLED_INTERVAL {handlers.SETTLED_INTERVAL} s"
-    )
+    console.print(f"agents: --status-interval {args.status_interval}; {operator_pacing()}")
     work = args.keep or Path(tempfile.mkdtemp(prefix="modelcache-rollback-"))
     work.mkdir(parents=True, exist_ok=True)
     results: list[Rollback] = []
     with sigterm_as_interrupt(), contextlib.ExitStack() as stack:
         if args.keep is None:
             stack.callback(shutil.rmtree, work, ignore_errors=True)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with progress_bars() as progress:
             fleet, url, port = start_fleet(stack, args, work, progress)
             fleet.custom.create_namespaced_custom_object(
                 GROUP,

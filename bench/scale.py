@@ -35,8 +35,9 @@ from _cluster import (
     delete_nodes,
     load_average,
     machine,
-    modelcache_process,
+    operator_pacing,
     proc_status_kib,
+    progress_bars,
     sigterm_as_interrupt,
     spread,
     stop_processes,
@@ -44,12 +45,11 @@ from _cluster import (
 )
 from kubernetes import client
 from kubernetes import config as kube_config
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
-from modelcache.operator import handlers
 from modelcache.testing import KubeControlPlane, ensure_toolchain
 from modelcache.testing.crds import install_crds
+from modelcache.testing.fleet import modelcache_process
 from modelcache.testing.process import ManagedProcess
 
 NAMESPACE = "studio"
@@ -278,24 +278,14 @@ def main() -> None:  # noqa: PLR0915 - a benchmark reads best top to bottom
         if args.max_workers
         else f"kopf sync-handler pool: default ({min(32, (os.cpu_count() or 1) + 4)} threads here)"
     )
-    console.print(
-        f"operator: ACTIVE_INTERVAL {handlers.ACTIVE_INTERVAL} s, "
-        f"WAITING_INTERVAL {handlers.WAITING_INTERVAL} s, "
-        f"SETTLED_INTERVAL {handlers.SETTLED_INTERVAL} s; {pool}"
-    )
+    console.print(f"{operator_pacing()}; {pool}")
     work = args.keep or Path(tempfile.mkdtemp(prefix="modelcache-scale-"))
     work.mkdir(parents=True, exist_ok=True)
     processes: list[ManagedProcess] = []
     with sigterm_as_interrupt(), contextlib.ExitStack() as stack:
         if args.keep is None:
             stack.callback(shutil.rmtree, work, ignore_errors=True)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        ) as progress:
+        with progress_bars() as progress:
             task = progress.add_task("starting kube-apiserver + etcd", total=None)
             toolchain = ensure_toolchain()
             kube = stack.enter_context(

@@ -33,6 +33,7 @@ from rich.table import Table
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.testing import KubeControlPlane, ObjectStore, ensure_toolchain
 from modelcache.testing.crds import install_crds
+from modelcache.testing.fleet import modelcache_process, node_agent
 from modelcache.testing.ports import free_port
 from modelcache.testing.process import ManagedProcess
 
@@ -144,34 +145,11 @@ def cluster(env: dict[str, str], work: Path, url: str, kube: KubeControlPlane) -
         for node in NODES:
             core.create_node({"metadata": {"name": node, "labels": {"gpu": "a100"}}})
             processes.append(
-                ManagedProcess(
-                    f"agent {node}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "modelcache",
-                        "agent",
-                        "--node",
-                        node,
-                        "--cache",
-                        str(work / node),
-                        "--metrics-port",
-                        str(free_port()),
-                        "--metrics-host",
-                        "127.0.0.1",
-                        "--status-interval",
-                        "0.2",
-                    ],
-                    log_path=work / f"{node}.log",
-                    env=env,
-                ).start()
+                node_agent(node, work / node, log_path=work / f"{node}.log", env=env).start()
             )
         processes.append(
-            ManagedProcess(
-                "operator",
-                [sys.executable, "-m", "modelcache", "operator"],
-                log_path=work / "operator.log",
-                env=env,
+            modelcache_process(
+                "operator", ["operator"], log_path=work / "operator.log", env=env
             ).start()
         )
         custom = client.CustomObjectsApi(api)

@@ -17,6 +17,7 @@ from kubernetes import client
 from modelcache.agent.events import read_events
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.testing import KubeControlPlane, ObjectStore
+from modelcache.testing.fleet import node_agent
 from modelcache.testing.process import ManagedProcess
 from tests.integration.cli.support import make_model
 
@@ -76,35 +77,19 @@ def test_agent_restarted_mid_pull_resumes(
         },
     )
 
+    # Small parts, slowed down: a kill lands mid-pull with parts claimed and parts to go.
+    pull_flags = ["--part-size", "256K", "--concurrency", "4", "--max-rate", "4M"]
+    pull_flags += ["--verify-interval", "1"]
+
     def agent() -> ManagedProcess:
-        return ManagedProcess(
-            f"agent {node}",
-            [
-                sys.executable,
-                "-m",
-                "modelcache",
-                "agent",
-                "--node",
-                node,
-                "--cache",
-                str(root),
-                "--kubeconfig",
-                str(kube.kubeconfig),
-                "--metrics-port",
-                "0",
-                "--metrics-host",
-                "127.0.0.1",
-                "--part-size",
-                "256K",
-                "--concurrency",
-                "4",
-                "--max-rate",
-                "4M",
-                "--verify-interval",
-                "1",
-            ],
+        return node_agent(
+            node,
+            root,
             log_path=tmp_path / "agent.log",
             env=env,
+            kubeconfig=kube.kubeconfig,
+            metrics_port=0,
+            extra=pull_flags,
         ).start()
 
     first = agent()

@@ -26,6 +26,7 @@ from urllib3.exceptions import ProtocolError
 from modelcache.agent.events import read_events
 from modelcache.api.k8s import API_VERSION, GROUP, VERSION
 from modelcache.testing import KubeControlPlane, ObjectStore, Toolchain
+from modelcache.testing.fleet import bind_pod, modelcache_process, node_agent
 from modelcache.testing.ports import free_port
 from modelcache.testing.process import ManagedProcess
 from tests.integration.cli.support import make_model
@@ -176,55 +177,20 @@ def cluster(
             server.versions, server.refuse = [], None
             threading.Thread(target=server.serve_forever, daemon=True).start()
             pods[node] = server
-            pod = f"studio-{index}"
-            core.create_namespaced_pod(
-                namespace,
-                {
-                    "metadata": {"name": pod, "labels": {"app": "studio"}},
-                    "spec": {"nodeName": node, "containers": [{"name": "app", "image": "studio"}]},
-                },
-            )
-            core.patch_namespaced_pod_status(
-                pod,
-                namespace,
-                {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}},
-            )
+            bind_pod(core, namespace, f"studio-{index}", node=node, ip=ip, labels={"app": "studio"})
             processes.append(
-                ManagedProcess(
-                    f"agent {node}",
-                    [
-                        sys.executable,
-                        "-m",
-                        "modelcache",
-                        "agent",
-                        "--node",
-                        node,
-                        "--cache",
-                        str(tmp_path / node),
-                        "--kubeconfig",
-                        str(kube.kubeconfig),
-                        "--metrics-port",
-                        str(free_port()),
-                        "--metrics-host",
-                        "127.0.0.1",
-                        "--status-interval",
-                        "0.2",
-                    ],
+                node_agent(
+                    node,
+                    tmp_path / node,
                     log_path=tmp_path / f"agent-{node}.log",
                     env=env,
+                    kubeconfig=kube.kubeconfig,
                 ).start()
             )
         processes.append(
-            ManagedProcess(
+            modelcache_process(
                 "operator",
-                [
-                    sys.executable,
-                    "-m",
-                    "modelcache",
-                    "operator",
-                    "--kubeconfig",
-                    str(kube.kubeconfig),
-                ],
+                ["operator", "--kubeconfig", str(kube.kubeconfig)],
                 log_path=tmp_path / "operator.log",
                 env=env,
                 stop_grace=15,

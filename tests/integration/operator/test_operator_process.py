@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,18 @@ from kubernetes.client.exceptions import ApiException
 
 from modelcache.api.k8s import GROUP, VERSION
 from modelcache.testing import KubeControlPlane
+from modelcache.testing.fleet import modelcache_process
 from modelcache.testing.process import ManagedProcess
 from tests.integration.operator.support import agents_follow, apply_model_version, entry
 
 
-def start_operator(kube: KubeControlPlane, log: Path) -> ManagedProcess:
-    return ManagedProcess(
-        "modelcache operator",
-        [sys.executable, "-m", "modelcache", "operator", "--kubeconfig", str(kube.kubeconfig)],
+def start_operator(
+    kube: KubeControlPlane, log: Path, *, extra: Sequence[str] = (), name: str = "operator"
+) -> ManagedProcess:
+    """`modelcache operator` against the test API server, started."""
+    return modelcache_process(
+        name,
+        ["operator", "--kubeconfig", str(kube.kubeconfig), *extra],
         log_path=log,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stop_grace=15,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,31 +17,15 @@ from modelcache.api.k8s import GROUP, VERSION
 from modelcache.testing import KubeControlPlane
 from modelcache.testing.process import ManagedProcess
 from tests.integration.operator.support import apply_model_version, entry
-from tests.integration.operator.test_operator_process import eventually
+from tests.integration.operator.test_operator_process import eventually, start_operator
 
 LIFETIME = 6  # seconds; the chart's default is 60
 
 
 def replica(kube: KubeControlPlane, peering: str, log: Path) -> ManagedProcess:
     """Started as the chart starts each replica: no --priority (a random one is drawn)."""
-    return ManagedProcess(
-        f"operator {log.stem}",
-        [
-            sys.executable,
-            "-m",
-            "modelcache",
-            "operator",
-            "--kubeconfig",
-            str(kube.kubeconfig),
-            "--peering",
-            peering,
-            "--peering-lifetime",
-            str(LIFETIME),
-        ],
-        log_path=log,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stop_grace=15,
-    ).start()
+    extra = ["--peering", peering, "--peering-lifetime", str(LIFETIME)]
+    return start_operator(kube, log, extra=extra, name=f"operator {log.stem}")
 
 
 def peers(crds: client.CustomObjectsApi, peering: str) -> dict[str, object]:
