@@ -8,12 +8,13 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test venv testenv lint format typecheck unit integration demo clean help
+.PHONY: test venv testenv lint format typecheck unit integration e2e demo clean help
 
 help:
 	@echo "make test      venv + test binaries + lint + format check + mypy + the whole test suite"
 	@echo "make lint      ruff check, ruff format --check, mypy --strict modelcache"
-	@echo "make testenv   build (or reuse) kube-apiserver, etcd, kubectl, helm in ~/.cache/modelcache"
+	@echo "make testenv   build (or reuse) kube-apiserver, etcd, kubectl, helm, kubelet & co and the images in ~/.cache/modelcache"
+	@echo "make e2e       the tests on a real cluster with kubelet nodes (tests/cluster; root)"
 	@echo "make unit      fast tests, no services"
 	@echo "make integration  tests against real kube-apiserver + etcd and SeaweedFS"
 	@echo "make demo      see it work"
@@ -27,8 +28,9 @@ $(INSTALLED): pyproject.toml
 
 venv: $(INSTALLED)
 
+# With root, also kubelet & co, CoreDNS and the images for the e2e cluster (one line if not).
 testenv: venv
-	$(BIN)/modelcache dev build
+	$(BIN)/modelcache dev build --cluster
 
 lint: venv
 	$(BIN)/ruff check .
@@ -47,6 +49,9 @@ unit: venv
 
 integration: testenv
 	$(BIN)/python -m pytest tests/integration $(PYTEST_ARGS)
+
+e2e: testenv
+	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 
 test: testenv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

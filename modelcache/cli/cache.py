@@ -233,7 +233,12 @@ def rollback(
     """Go back to the previous version: with -n, of a ModelVersion in the cluster (the operator
     flips every node, no download); without, of this machine's cache."""
     if namespace is not None:
-        from kubernetes import config as kube_config  # noqa: PLC0415
+        try:
+            from kubernetes import config as kube_config  # noqa: PLC0415
+        except ImportError as error:
+            raise typer.BadParameter(
+                "rollback -n needs the Kubernetes client: pip install 'modelcache[operator]'"
+            ) from error
 
         from modelcache.operator.rollback import rollback as cluster_rollback  # noqa: PLC0415
 

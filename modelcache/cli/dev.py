@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
@@ -21,15 +22,43 @@ StateDir = Annotated[
 ]
 
 
+Cluster = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        help="A real cluster: kubelet nodes with containerd, CNI, kube-proxy and CoreDNS "
+        "(root; Debian packages are installed if missing).",
+    ),
+]
+
+
 @app.command()
-def build() -> None:
-    """Build (or reuse) the pinned kube-apiserver, kubectl, etcd and helm binaries."""
+def build(cluster: Cluster = False) -> None:
+    """Build (or reuse) the pinned kube-apiserver, kubectl, etcd and helm binaries;
+    with --cluster also kubelet & co, CoreDNS and the project's images."""
     from modelcache.testing.toolchain import ensure_toolchain  # noqa: PLC0415 - dev-only deps
 
     with step_reporter("preparing the test toolchain") as report:
-        toolchain = ensure_toolchain(report)
-    table = Table("binary", "path", box=None)
-    for name, path in toolchain.as_dict().items():
+        paths = ensure_toolchain(report).as_dict()
+    if cluster:
+        from modelcache.testing.hostprep import (  # noqa: PLC0415
+            cluster_unavailable,
+            ensure_host_packages,
+        )
+        from modelcache.testing.images import ensure_images  # noqa: PLC0415
+        from modelcache.testing.toolchain import ensure_node_toolchain  # noqa: PLC0415
+
+        reason = cluster_unavailable()
+        if reason is not None:
+            Console().print(f"[yellow]no real cluster here: {reason}[/]")
+        else:
+            with step_reporter("preparing the cluster's binaries and images") as report:
+                ensure_host_packages(report)
+                nodes = ensure_node_toolchain(report)
+                paths.update(nodes.as_dict())
+                paths.update({i.ref: str(i.tarball) for i in ensure_images(nodes, report)})
+    table = Table("binary or image", "path", box=None)
+    for name, path in paths.items():
         table.add_row(name, path)
     Console().print(table)
 
@@ -38,6 +67,10 @@ def build() -> None:
 def up(
     state_dir: StateDir = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the state as JSON.")] = False,
+    cluster: Cluster = False,
+    nodes: Annotated[
+        int, typer.Option("--nodes", min=1, max=8, help="Kubelet nodes (with --cluster).")
+    ] = 2,
 ) -> None:
     """Start the services in the background and print how to reach them."""
     from modelcache.testing import devenv  # noqa: PLC0415
@@ -45,7 +78,9 @@ def up(
 
     with step_reporter("starting the modelcache dev environment") as report:
         ensure_toolchain(report)
-        state, started = devenv.up(state_dir)
+        if cluster:
+            _prepare_cluster(report)
+        state, started = devenv.up(state_dir, cluster_nodes=nodes if cluster else None)
     if as_json:
         print(json.dumps(asdict(state), indent=2))
         return
@@ -58,8 +93,27 @@ def up(
     console.print(f"  S3 endpoint     {state.s3_endpoint}  (AWS_ENDPOINT_URL; any key pair)")
     console.print(f"  OSS endpoint    {state.s3_endpoint}  (OSS_ENDPOINT; anonymous, path-style)")
     console.print(f"  bucket          {state.bucket}")
+    for name, hostpath in (state.nodes or {}).items():
+        console.print(f"  node {name:10} /var/lib/modelcache is {hostpath}")
     console.print(f"  log             {state.log}")
     console.print("stop with: modelcache dev down")
+
+
+def _prepare_cluster(report: Callable[[str], None]) -> None:
+    """Build what a cluster needs in the foreground, where a person sees the progress."""
+    from modelcache.testing.hostprep import (  # noqa: PLC0415
+        ClusterUnavailable,
+        cluster_unavailable,
+        ensure_host_packages,
+    )
+    from modelcache.testing.images import ensure_images  # noqa: PLC0415
+    from modelcache.testing.toolchain import ensure_node_toolchain  # noqa: PLC0415
+
+    reason = cluster_unavailable()
+    if reason is not None:
+        raise ClusterUnavailable(reason)
+    ensure_host_packages(report)
+    ensure_images(ensure_node_toolchain(report), report)
 
 
 @app.command()
@@ -67,7 +121,7 @@ def down(state_dir: StateDir = None) -> None:
     """Stop the services started by `modelcache dev up`."""
     from modelcache.testing import devenv  # noqa: PLC0415
 
-    stopped = devenv.down(state_dir)
+    stopped = devenv.down_all(state_dir)
     Console().print("stopped" if stopped else "nothing was running")
 
 

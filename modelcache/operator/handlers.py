@@ -11,17 +11,16 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 from functools import partial
 from typing import Any
 
 import kopf
 from kubernetes import client
-from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
 
 from modelcache.api.k8s import GROUP, VERSION
 from modelcache.operator.clusterview import ClusterView
+from modelcache.operator.kubeclient import kube_configuration
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
 from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_until
 
@@ -48,14 +47,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     settings.peering.lifetime = memo.get("peering_lifetime", 60)
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
-    configuration = client.Configuration()
-    kubeconfig = memo.get("kubeconfig")
-    if kubeconfig is None and "KUBERNETES_SERVICE_HOST" in os.environ:
-        kube_config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    else:
-        kube_config.load_kube_config(  # type: ignore[no-untyped-call]
-            config_file=kubeconfig, client_configuration=configuration
-        )
+    configuration = kube_configuration(memo.get("kubeconfig"))
     configuration.connection_pool_maxsize = WRITE_CONCURRENCY * 2  # reconciles share it
     api = client.ApiClient(configuration)
     memo.reconciler = Reconciler(api)

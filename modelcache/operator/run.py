@@ -11,8 +11,9 @@ from pathlib import Path
 
 import kopf
 from kubernetes import client
-from kubernetes import config as kube_config
 from kubernetes.client.exceptions import ApiException
+
+from modelcache.operator.kubeclient import kube_configuration
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ def run_operator(
         priority = 1 + secrets.randbelow(2**31 - 1)
     if peering is not None:
         log.info("peering %r, priority %d, lifetime %ds", peering, priority, peering_lifetime)
-        api = kube_config.new_client_from_config(config_file=os.environ.get("KUBECONFIG"))  # type: ignore[no-untyped-call]
-        with api:
+        with client.ApiClient(kube_configuration(os.environ.get("KUBECONFIG"))) as api:
             ensure_peering(api, peering)
     memo = kopf.Memo(kubeconfig=os.environ.get("KUBECONFIG"), peering_lifetime=peering_lifetime)
     asyncio.run(

@@ -30,6 +30,14 @@ def staging_modules(kubernetes_go_mod: str) -> list[str]:
     return sorted(modules)
 
 
+def release_parts(kubernetes_version: str) -> tuple[str, str]:
+    """`v1.35.4` -> ("1", "35"): the major and minor that /version reports."""
+    if _KUBE_VERSION.match(kubernetes_version) is None:
+        raise ValueError(f"kubernetes version {kubernetes_version!r} is not a release like v1.35.4")
+    major, minor = kubernetes_version[1:].split(".")[:2]
+    return major, minor
+
+
 def kube_scratch_go_mod(kubernetes_go_mod: str, kubernetes_version: str, go_version: str) -> str:
     """go.mod of a module that can `go build k8s.io/kubernetes/cmd/...` at a release."""
     modules = staging_modules(kubernetes_go_mod)

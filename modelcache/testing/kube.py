@@ -14,18 +14,20 @@ import ssl
 import tempfile
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import yaml
 
-from modelcache.testing.pki import write_apiserver_pki
+from modelcache.testing.pki import ApiserverPki, write_apiserver_pki
 from modelcache.testing.ports import LOOPBACK, free_ports, wait_until
 from modelcache.testing.process import ManagedProcess, stop_all
 from modelcache.testing.toolchain import Toolchain, ensure_toolchain
 
 ADMIN_USER = "modelcache-admin"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
+SERVICE_IP = "10.0.0.1"  # the `kubernetes` Service: pods reach the apiserver here
 
 
 class KubeControlPlane:
@@ -38,20 +40,31 @@ class KubeControlPlane:
         work_dir: Path | None = None,
         startup_timeout: float = 90.0,
         tie_to_parent: bool = True,
+        host: str = LOOPBACK,
+        extra_args: Sequence[str] = (),
+        with_service_accounts: bool = False,
+        prepare_pki: Callable[[ApiserverPki], None] | None = None,
     ) -> None:
+        """`host`, `extra_args` and `with_service_accounts` (the ServiceAccount admission,
+        on when a controller-manager runs) serve a cluster with kubelets."""
         self._toolchain = toolchain
         self._own_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="modelcache-kube-"))
         self.startup_timeout = startup_timeout
         self.tie_to_parent = tie_to_parent
+        self.host = host
+        self.extra_args = list(extra_args)
+        self.with_service_accounts = with_service_accounts
+        self.prepare_pki = prepare_pki
         self.admin_token = secrets.token_urlsafe(32)
         self.etcd_port, self.etcd_peer_port, self.port = free_ports(3)
         self.kubeconfig = self.work_dir / "kubeconfig"
         self.processes: list[ManagedProcess] = []
+        self.pki: ApiserverPki | None = None
 
     @property
     def url(self) -> str:
-        return f"https://{LOOPBACK}:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca_cert(self) -> Path:
@@ -96,7 +109,12 @@ class KubeControlPlane:
         )
 
     def _start_apiserver(self, toolchain: Toolchain) -> None:
-        pki = write_apiserver_pki(self.work_dir / "pki")
+        pki = write_apiserver_pki(
+            self.work_dir / "pki", ip_addresses=tuple({LOOPBACK, self.host, SERVICE_IP})
+        )
+        self.pki = pki
+        if self.prepare_pki is not None:  # e.g. client certs the extra args name
+            self.prepare_pki(pki)
         tokens = self.work_dir / "tokens.csv"
         tokens.touch(mode=0o600)
         tokens.write_text(f'{self.admin_token},{ADMIN_USER},{ADMIN_USER},"system:masters"\n')
@@ -105,23 +123,32 @@ class KubeControlPlane:
             [
                 str(toolchain.kube_apiserver),
                 f"--etcd-servers=http://{LOOPBACK}:{self.etcd_port}",
-                f"--bind-address={LOOPBACK}",
-                f"--advertise-address={LOOPBACK}",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.port}",
                 f"--cert-dir={self.work_dir / 'pki'}",
                 f"--tls-cert-file={pki.serving_cert}",
                 f"--tls-private-key-file={pki.serving_key}",
                 f"--client-ca-file={pki.ca_cert}",
                 f"--token-auth-file={tokens}",
-                "--authorization-mode=RBAC",
+                *(
+                    []
+                    if any(a.startswith("--authorization-mode") for a in self.extra_args)
+                    else ["--authorization-mode=RBAC"]
+                ),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={pki.service_account_pub}",
                 f"--service-account-signing-key-file={pki.service_account_key}",
                 f"--service-cluster-ip-range={SERVICE_CLUSTER_IP_RANGE}",
                 "--allow-privileged=true",
-                # No controller-manager creates service-account tokens here.
-                "--disable-admission-plugins=ServiceAccount",
+                *(
+                    []
+                    if self.with_service_accounts
+                    # No controller-manager publishes the root CA for SA volumes here.
+                    else ["--disable-admission-plugins=ServiceAccount"]
+                ),
                 "--v=1",
+                *self.extra_args,
             ],
             log_path=self.work_dir / "logs" / "kube-apiserver.log",
             tie_to_parent=self.tie_to_parent,

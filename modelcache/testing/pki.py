@@ -27,6 +27,7 @@ class ApiserverPki:
     """Files the apiserver and its clients need, all in one directory."""
 
     ca_cert: Path
+    ca_key: Path
     serving_cert: Path
     serving_key: Path
     service_account_key: Path
@@ -100,6 +101,7 @@ def write_apiserver_pki(
 
     pki = ApiserverPki(
         ca_cert=directory / "ca.crt",
+        ca_key=directory / "ca.key",
         serving_cert=directory / "apiserver.crt",
         serving_key=directory / "apiserver.key",
         service_account_key=directory / "sa.key",
@@ -107,7 +109,11 @@ def write_apiserver_pki(
     )
     pki.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     pki.serving_cert.write_bytes(serving_cert.public_bytes(serialization.Encoding.PEM))
-    for path, key in ((pki.serving_key, serving_key), (pki.service_account_key, sa_key)):
+    for path, key in (
+        (pki.ca_key, ca_key),
+        (pki.serving_key, serving_key),
+        (pki.service_account_key, sa_key),
+    ):
         path.touch(mode=0o600)
         path.write_bytes(_pem_key(key))
     pki.service_account_pub.write_bytes(
@@ -116,3 +122,36 @@ def write_apiserver_pki(
         )
     )
     return pki
+
+
+def issue_client_cert(
+    pki: ApiserverPki, directory: Path, common_name: str, organizations: tuple[str, ...] = ()
+) -> tuple[Path, Path]:
+    """A client certificate signed by the test CA: the user `common_name` in `organizations`
+    (its groups), e.g. `system:node:node1` in `system:nodes`. Returns (cert, key) paths."""
+    ca_key = serialization.load_pem_private_key(pki.ca_key.read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise TypeError("the test CA key is not an EC key")
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+    subject.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + _VALIDITY)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    slug = common_name.replace(":", "-")
+    cert_path, key_path = directory / f"{slug}.crt", directory / f"{slug}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.touch(mode=0o600)
+    key_path.write_bytes(_pem_key(key))
+    return cert_path, key_path

@@ -143,3 +143,18 @@ def stop_all(processes: Sequence[ManagedProcess]) -> None:
     for proc in reversed(processes):
         with contextlib.suppress(Exception):
             proc.stop()
+
+
+def pid_alive(pid: int) -> bool:
+    """True for a live process; a zombie (exited, not yet reaped) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"

@@ -26,6 +26,12 @@ from modelcache.testing.cache import cache_dir
 KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.21.4"
+COREDNS_VERSION = "v1.15.0"
+# Kubernetes binaries are stamped with their release (`--version` and /version report
+# v1.35.4, not v0.0.0-master); the tag in their file name keeps unstamped builds unused.
+KUBE_BUILD = f"{KUBERNETES_VERSION}-stamped"
+CONTROL_PLANE_COMMANDS = ("kube-apiserver", "kubectl")
+NODE_COMMANDS = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-proxy")
 
 Report = Callable[[str], None]
 
@@ -54,6 +60,23 @@ def bin_dir() -> Path:
 
 def _pinned(name: str, version: str) -> Path:
     return bin_dir() / f"{name}-{version}"
+
+
+def kube_version_ldflags(version: str) -> str:
+    """-X flags that stamp a binary built outside the kubernetes repo with its release.
+
+    Without them the module build reports `v0.0.0-master+$Format:%H$`, which helm's
+    kubeVersion checks and every client that reads /version get wrong."""
+    major, minor = gomod.release_parts(version)
+    stamps = []
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        stamps += [
+            f"-X {package}.gitVersion={version}",
+            f"-X {package}.gitMajor={major}",
+            f"-X {package}.gitMinor={minor}",
+            f"-X {package}.gitTreeState=clean",
+        ]
+    return " ".join(["-s", "-w", *stamps])
 
 
 def find_weed() -> Path:
@@ -111,49 +134,53 @@ def _run_go(args: Sequence[str], *, cwd: Path, log_path: Path, env: dict[str, st
     return result.stdout
 
 
-def _install(built: Path, target: Path) -> None:
+def _install(built: Path, target: Path, name: str) -> None:
     """Move a fresh binary into place atomically and point the unversioned name at it."""
     target.parent.mkdir(parents=True, exist_ok=True)
     os.replace(built, target)
-    alias = target.parent / target.name.rsplit("-", 1)[0]
+    alias = target.parent / name
     tmp_alias = alias.with_name(alias.name + ".tmp")
     tmp_alias.unlink(missing_ok=True)
     tmp_alias.symlink_to(target.name)
     os.replace(tmp_alias, alias)
 
 
-def _build_kubernetes(work: Path, log_path: Path, report: Report) -> None:
+def _build_kubernetes(
+    work: Path, log_path: Path, report: Report, commands: Sequence[str] = CONTROL_PLANE_COMMANDS
+) -> None:
     env = _go_env(work)
     work.mkdir(parents=True, exist_ok=True)
-    report(f"fetching k8s.io/kubernetes {KUBERNETES_VERSION} from the Go module proxy")
-    info = json.loads(
-        _run_go(
-            ["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
-            cwd=work,
-            log_path=log_path,
-            env=env,
+    if not (work / "go.mod").is_file():
+        report(f"fetching k8s.io/kubernetes {KUBERNETES_VERSION} from the Go module proxy")
+        info = json.loads(
+            _run_go(
+                ["mod", "download", "-json", f"k8s.io/kubernetes@{KUBERNETES_VERSION}"],
+                cwd=work,
+                log_path=log_path,
+                env=env,
+            )
         )
-    )
-    upstream = Path(info["GoMod"]).read_text()
-    (work / "go.mod").write_text(
-        gomod.kube_scratch_go_mod(upstream, KUBERNETES_VERSION, gomod.go_directive(upstream))
-    )
-    (work / "go.sum").unlink(missing_ok=True)
-    commands = [f"k8s.io/kubernetes/cmd/{c}" for c in ("kube-apiserver", "kubectl")]
+        upstream = Path(info["GoMod"]).read_text()
+        (work / "go.mod").write_text(
+            gomod.kube_scratch_go_mod(upstream, KUBERNETES_VERSION, gomod.go_directive(upstream))
+        )
+        (work / "go.sum").unlink(missing_ok=True)
+    packages = [f"k8s.io/kubernetes/cmd/{c}" for c in commands]
     _run_go(
-        ["get", *(f"{c}@{KUBERNETES_VERSION}" for c in commands)],
+        ["get", *(f"{p}@{KUBERNETES_VERSION}" for p in packages)],
         cwd=work,
         log_path=log_path,
         env=env,
     )
-    for name in ("kube-apiserver", "kubectl"):
-        report(f"compiling {name} {KUBERNETES_VERSION} (a few minutes the first time)")
+    ldflags = kube_version_ldflags(KUBERNETES_VERSION)
+    for name in commands:
+        report(f"compiling {name} {KUBERNETES_VERSION} (minutes the first time)")
         out = work / "out" / name
         _run_go(
             [
                 "build",
                 "-trimpath",
-                "-ldflags=-s -w",
+                f"-ldflags={ldflags}",
                 "-o",
                 str(out),
                 f"k8s.io/kubernetes/cmd/{name}",
@@ -162,7 +189,11 @@ def _build_kubernetes(work: Path, log_path: Path, report: Report) -> None:
             log_path=log_path,
             env=env,
         )
-        _install(out, _pinned(name, KUBERNETES_VERSION))
+        _install(out, _pinned(name, KUBE_BUILD), name)
+
+
+def _build_kube_nodes(work: Path, log_path: Path, report: Report) -> None:
+    _build_kubernetes(work, log_path, report, NODE_COMMANDS)
 
 
 def _build_etcd(work: Path, log_path: Path, report: Report) -> None:
@@ -181,7 +212,7 @@ def _build_etcd(work: Path, log_path: Path, report: Report) -> None:
         log_path=log_path,
         env=env,
     )
-    _install(out, _pinned("etcd", ETCD_VERSION))
+    _install(out, _pinned("etcd", ETCD_VERSION), "etcd")
 
 
 def _build_helm(work: Path, log_path: Path, report: Report) -> None:
@@ -195,34 +226,39 @@ def _build_helm(work: Path, log_path: Path, report: Report) -> None:
         log_path=log_path,
         env=env,
     )
-    _install(work / "out" / "helm", _pinned("helm", HELM_VERSION))
+    _install(work / "out" / "helm", _pinned("helm", HELM_VERSION), "helm")
+
+
+def _build_coredns(work: Path, log_path: Path, report: Report) -> None:
+    env = _go_env(work)
+    work.mkdir(parents=True, exist_ok=True)
+    report(f"compiling coredns {COREDNS_VERSION}")
+    env["GOBIN"] = str(work / "out")
+    _run_go(
+        [
+            "install",
+            "-trimpath",
+            "-ldflags=-s -w",
+            f"github.com/coredns/coredns@{COREDNS_VERSION}",
+        ],
+        cwd=work,
+        log_path=log_path,
+        env=env,
+    )
+    _install(work / "out" / "coredns", _pinned("coredns", COREDNS_VERSION), "coredns")
 
 
 def _print_report(message: str) -> None:
     print(f"[modelcache testenv] {message}", file=sys.stderr, flush=True)
 
 
-def ensure_toolchain(report: Report | None = None) -> Toolchain:
-    """Build whatever pinned binary is missing, under a lock; return all paths.
+Build = tuple[Path, str, Callable[[Path, Path, Report], None]]
 
-    Safe to call from several processes at once: one builds, the others wait.
-    """
-    say = report or _print_report
-    toolchain = Toolchain(
-        kube_apiserver=_pinned("kube-apiserver", KUBERNETES_VERSION),
-        kubectl=_pinned("kubectl", KUBERNETES_VERSION),
-        etcd=_pinned("etcd", ETCD_VERSION),
-        helm=_pinned("helm", HELM_VERSION),
-        weed=find_weed(),
-    )
-    builds: list[tuple[Path, str, Callable[[Path, Path, Report], None]]] = [
-        (toolchain.kube_apiserver, f"kubernetes-{KUBERNETES_VERSION}", _build_kubernetes),
-        (toolchain.kubectl, f"kubernetes-{KUBERNETES_VERSION}", _build_kubernetes),
-        (toolchain.etcd, f"etcd-{ETCD_VERSION}", _build_etcd),
-        (toolchain.helm, f"helm-{HELM_VERSION}", _build_helm),
-    ]
+
+def _ensure_built(builds: Sequence[Build], say: Report) -> None:
+    """Build each missing binary once per source, under a lock other processes share."""
     if all(path.is_file() for path, _, _ in builds):
-        return toolchain
+        return
     root = cache_dir()
     (root / "logs").mkdir(parents=True, exist_ok=True)
     with FileLock(str(root / "toolchain.lock")):
@@ -237,7 +273,71 @@ def ensure_toolchain(report: Report | None = None) -> Toolchain:
     missing = [str(p) for p, _, _ in builds if not p.is_file()]
     if missing:
         raise ToolchainError(f"build finished but binaries are missing: {', '.join(missing)}")
+
+
+def ensure_toolchain(report: Report | None = None) -> Toolchain:
+    """Build whatever pinned binary is missing, under a lock; return all paths.
+
+    Safe to call from several processes at once: one builds, the others wait.
+    """
+    toolchain = Toolchain(
+        kube_apiserver=_pinned("kube-apiserver", KUBE_BUILD),
+        kubectl=_pinned("kubectl", KUBE_BUILD),
+        etcd=_pinned("etcd", ETCD_VERSION),
+        helm=_pinned("helm", HELM_VERSION),
+        weed=find_weed(),
+    )
+    kube_source = f"kubernetes-{KUBERNETES_VERSION}"
+    _ensure_built(
+        [
+            (toolchain.kube_apiserver, kube_source, _build_kubernetes),
+            (toolchain.kubectl, kube_source, _build_kubernetes),
+            (toolchain.etcd, f"etcd-{ETCD_VERSION}", _build_etcd),
+            (toolchain.helm, f"helm-{HELM_VERSION}", _build_helm),
+        ],
+        report or _print_report,
+    )
     return toolchain
+
+
+@dataclass(frozen=True)
+class NodeToolchain:
+    """The binaries a cluster with kubelets needs beyond the test toolchain."""
+
+    kubelet: Path
+    kube_scheduler: Path
+    kube_controller_manager: Path
+    kube_proxy: Path
+    coredns: Path
+
+    def as_dict(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+
+def ensure_node_toolchain(report: Report | None = None) -> NodeToolchain:
+    """kubelet, scheduler, controller-manager and kube-proxy at the pinned release, and CoreDNS.
+
+    They share the module and build caches with kube-apiserver, so after it they cost
+    the compile of their own packages only."""
+    nodes = NodeToolchain(
+        kubelet=_pinned("kubelet", KUBE_BUILD),
+        kube_scheduler=_pinned("kube-scheduler", KUBE_BUILD),
+        kube_controller_manager=_pinned("kube-controller-manager", KUBE_BUILD),
+        kube_proxy=_pinned("kube-proxy", KUBE_BUILD),
+        coredns=_pinned("coredns", COREDNS_VERSION),
+    )
+    kube_source = f"kubernetes-{KUBERNETES_VERSION}"
+    _ensure_built(
+        [
+            (nodes.kubelet, kube_source, _build_kube_nodes),
+            (nodes.kube_scheduler, kube_source, _build_kube_nodes),
+            (nodes.kube_controller_manager, kube_source, _build_kube_nodes),
+            (nodes.kube_proxy, kube_source, _build_kube_nodes),
+            (nodes.coredns, f"coredns-{COREDNS_VERSION}", _build_coredns),
+        ],
+        report or _print_report,
+    )
+    return nodes
 
 
 if __name__ == "__main__":

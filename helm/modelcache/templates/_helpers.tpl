@@ -1,5 +1,8 @@
-{{- define "modelcache.image" -}}
-{{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- define "modelcache.operatorImage" -}}
+{{ .Values.operator.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
+{{- end -}}
+{{- define "modelcache.agentImage" -}}
+{{ .Values.agent.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 {{- define "modelcache.labels" -}}
 app.kubernetes.io/name: modelcache

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelcache.testing import gomod
+from modelcache.testing.toolchain import kube_version_ldflags
 
 UPSTREAM = """module k8s.io/kubernetes
 
@@ -83,3 +84,18 @@ def test_every_staging_module_gets_exactly_one_replace(
     assert sorted(m for m, _, _ in replaced) == sorted(modules)
     assert {v for _, _, v in replaced} == {f"v0.{minor}.{patch}"}
     assert all(left == right for left, right, _ in replaced)
+
+
+def test_release_parts_are_what_version_reports() -> None:
+    assert gomod.release_parts("v1.35.4") == ("1", "35")
+    with pytest.raises(ValueError, match="not a release"):
+        gomod.release_parts("v1.35")
+
+
+def test_kube_binaries_are_stamped_with_their_release() -> None:
+    flags = kube_version_ldflags("v1.35.4").split()
+    for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version"):
+        assert f"{package}.gitVersion=v1.35.4" in flags
+        assert f"{package}.gitMajor=1" in flags
+        assert f"{package}.gitMinor=35" in flags
+    assert flags[:2] == ["-s", "-w"]

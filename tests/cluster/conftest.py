@@ -1,0 +1,128 @@
+"""A real cluster (kubelet nodes, containerd, CNI, kube-proxy, CoreDNS) for the e2e tests.
+
+Started once per session, stopped at the end with every change to the machine undone.
+Where a cluster cannot be built (not root, no Debian packages), these tests skip with
+the reason in one line, unless MODELCACHE_REQUIRE_CLUSTER=1 (as .ci/run sets): then
+they fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from modelcache.testing.cluster import KubeletCluster
+from modelcache.testing.hostnet import HOST_ADDRESS
+from modelcache.testing.hostprep import cluster_unavailable
+from modelcache.testing.objectstore import ObjectStore
+
+CHART = Path(__file__).resolve().parents[2] / "helm" / "modelcache"
+NODES = 2
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.cluster)
+
+
+@pytest.fixture(scope="session")
+def progress(pytestconfig: pytest.Config) -> Callable[[str], None]:
+    """Cluster start-up takes minutes: say what it is doing, past pytest's capture."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def say(message: str) -> None:
+        with capture.global_and_fixture_disabled():
+            print(f"\n[cluster] {message}", end="", flush=True)
+
+    return say
+
+
+@pytest.fixture(scope="session")
+def kubelet_cluster(progress: Callable[[str], None]) -> Iterator[KubeletCluster]:
+    reason = cluster_unavailable()
+    if reason is not None:
+        if os.environ.get("MODELCACHE_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"MODELCACHE_REQUIRE_CLUSTER=1 but {reason}")
+        pytest.skip(reason)
+    with KubeletCluster(nodes=NODES, report=progress) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def cluster_api(kubelet_cluster: KubeletCluster) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(kubelet_cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def cluster_store(
+    kubelet_cluster: KubeletCluster, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ObjectStore]:
+    """SeaweedFS on the cluster's host address: pods reach it, nothing outside does."""
+    with ObjectStore(host=HOST_ADDRESS, work_dir=tmp_path_factory.mktemp("cluster-s3")) as store:
+        yield store
+
+
+@dataclass(frozen=True)
+class Release:
+    name: str
+    namespace: str
+
+
+def helm(cluster: KubeletCluster, *args: str) -> str:
+    assert cluster.toolchain is not None
+    result = subprocess.run(
+        [str(cluster.toolchain.helm), f"--kubeconfig={cluster.kubeconfig}", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HELM_CACHE_HOME": str(cluster.work_dir / "helm")},
+    )
+    assert result.returncode == 0, f"helm {' '.join(args[:2])}: {result.stderr}"
+    return result.stdout
+
+
+@pytest.fixture(scope="session")
+def modelcache_release(
+    kubelet_cluster: KubeletCluster, progress: Callable[[str], None]
+) -> Iterator[Release]:
+    """helm install of helm/modelcache with the images built here, waited until Ready."""
+    release = Release(name="mc", namespace="modelcache-system")
+    progress("helm install helm/modelcache (operator x2, agent DaemonSet)")
+    started = time.monotonic()
+    helm(
+        kubelet_cluster,
+        "install",
+        release.name,
+        str(CHART),
+        "--namespace",
+        release.namespace,
+        "--create-namespace",
+        "--set",
+        "image.pullPolicy=Never",
+        "--wait",
+        "--timeout=5m",
+    )
+    progress(f"helm install ready in {time.monotonic() - started:.0f}s")
+    yield release
+    helm(kubelet_cluster, "uninstall", release.name, "--namespace", release.namespace, "--wait")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def pods(api: client.ApiClient, namespace: str, selector: str) -> list[Any]:
+    listed = client.CoreV1Api(api).list_namespaced_pod(namespace, label_selector=selector)
+    return list(listed.items)
