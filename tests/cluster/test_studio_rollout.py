@@ -1,0 +1,225 @@
+"""The studio example as inference pods on real kubelets, driven by the chart's operator
+and agents: v1 everywhere, v2 canary first then waves, a rollback with no download.
+
+Everything asserted comes from what the cluster and the pods report: the ModelVersion's
+status, the NodeCaches, each studio pod's own /healthz and /generate over its pod IP,
+and each agent pod's /metrics.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
+
+from examples.studio import adapters
+from examples.studio.model import StudioConfig, apply_adapter, build_model, generate, image_sha256
+from modelcache.api.k8s import GROUP, VERSION
+from modelcache.sources.base import Credentials
+from modelcache.sources.publish import publish
+from modelcache.sources.registry import open_source
+from modelcache.testing.cluster import KubeletCluster
+from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
+from tests.cluster.conftest import Release, pods
+from tests.cluster.test_deploy import eventually
+from tests.integration.operator.test_end_to_end import NodeCacheRecorder
+
+REPO = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO / "examples" / "studio" / "k8s"
+NAMESPACE, NAME = "studio", "sdxl"  # as examples/studio/k8s/*.yaml name them
+BUCKET, PREFIX = "studio-models", "sdxl-lora"
+VERSIONS = {"v1": (1, 8), "v2": (2, 4)}  # seed, rank
+SEED = 42
+
+
+class References:
+    """The image a freshly built studio model with a version's adapter generates (no runtime)."""
+
+    def __init__(self, made: dict[str, Path]) -> None:
+        self.made = made
+        self.digests: dict[str, str] = {}
+
+    def digest(self, version: str) -> str:
+        if version not in self.digests:
+            model = apply_adapter(build_model(StudioConfig()), self.made[version])
+            self.digests[version] = image_sha256(generate(model, seed=SEED, steps=20))
+        return self.digests[version]
+
+
+@pytest.fixture(scope="module")
+def studio(
+    kubelet_cluster: KubeletCluster,
+    cluster_api: client.ApiClient,
+    cluster_store: ObjectStore,
+    modelcache_release: Release,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[References]:
+    """Two adapter versions published to the store, the studio DaemonSet and the example
+    ModelVersion applied with kubectl, as a user would."""
+    work = tmp_path_factory.mktemp("studio")
+    made = {}
+    for version, (seed, rank) in VERSIONS.items():
+        out = work / version
+        assert adapters.main([str(out), "--seed", str(seed), "--rank", str(rank)]) == 0
+        made[version] = out
+    cluster_store.create_bucket(BUCKET)
+    source = open_source(
+        f"s3://{BUCKET}/{PREFIX}",
+        Credentials(
+            endpoint=cluster_store.endpoint,
+            access_key_id=ACCESS_KEY,
+            access_key_secret=SECRET_KEY,
+        ),
+    )
+    for version, directory in made.items():
+        publish(source, directory, version)
+
+    kubelet_cluster.kubectl("apply", "-f", str(MANIFESTS / "studio.yaml"))
+    secret = {
+        "AWS_ENDPOINT_URL": cluster_store.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    client.CoreV1Api(cluster_api).create_namespaced_secret(
+        NAMESPACE,
+        {
+            "metadata": {"name": "store"},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+        },
+    )
+    kubelet_cluster.kubectl("apply", "-f", str(MANIFESTS / "modelversion.yaml"))
+    yield References(made)
+    kubelet_cluster.kubectl("delete", "-f", str(MANIFESTS / "modelversion.yaml"), "--wait=true")
+    kubelet_cluster.kubectl("delete", "-f", str(MANIFESTS / "studio.yaml"), "--wait=true")
+
+
+def model_version(api: client.ApiClient) -> dict[str, Any]:
+    return dict(
+        client.CustomObjectsApi(api).get_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, "modelversions", NAME
+        )
+    )
+
+
+def settled_on(api: client.ApiClient, version: str, nodes: int) -> bool:
+    body = model_version(api)
+    status = body.get("status") or {}
+    return bool(
+        body["spec"]["version"] == version
+        and status.get("ready") == f"{nodes}/{nodes}"
+        and status.get("phase") == "Available"
+    )
+
+
+def studio_pods(api: client.ApiClient) -> dict[str, str]:
+    """node name -> the studio pod's IP, for Running pods with an IP."""
+    return {
+        p.spec.node_name: p.status.pod_ip
+        for p in pods(api, NAMESPACE, "app=studio")
+        if p.status.phase == "Running" and p.status.pod_ip
+    }
+
+
+def live_version(ip: str) -> str | None:
+    try:
+        health = requests.get(f"http://{ip}:8000/healthz", timeout=10).json()
+    except requests.RequestException:
+        return None
+    live: str | None = health["live_version"]
+    return live
+
+
+def all_live(api: client.ApiClient, version: str, nodes: int) -> bool:
+    ips = studio_pods(api)
+    return len(ips) == nodes and all(live_version(ip) == version for ip in ips.values())
+
+
+def generated(ip: str) -> dict[str, Any]:
+    response = requests.post(f"http://{ip}:8000/generate", json={"seed": SEED}, timeout=120)
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def downloaded_bytes(api: client.ApiClient, namespace: str) -> dict[str, float]:
+    """Bytes each node's agent pulled from L3, from its own /metrics (scraped at its pod IP)."""
+    totals = {}
+    for pod in pods(api, namespace, "app.kubernetes.io/component=agent"):
+        text = requests.get(f"http://{pod.status.pod_ip}:9400/metrics", timeout=10).text
+        totals[pod.spec.node_name] = sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            if family.name == "modelcache_source_bytes"
+            for sample in family.samples
+            if sample.name == "modelcache_source_bytes_total"
+            and sample.labels.get("model") == f"{NAMESPACE}/{NAME}"
+        )
+    return totals
+
+
+def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
+    kubelet_cluster: KubeletCluster,
+    cluster_api: client.ApiClient,
+    modelcache_release: Release,
+    studio: References,
+) -> None:
+    nodes = len(kubelet_cluster.nodes)
+    eventually(lambda: settled_on(cluster_api, "v1", nodes), f"READY {nodes}/{nodes} on v1", 300)
+    eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod on v1", 180)
+    ips = studio_pods(cluster_api)
+    assert sorted(ips) == [n.name for n in kubelet_cluster.nodes], "one studio pod per node"
+    for node, ip in ips.items():
+        answer = generated(ip)
+        assert answer["version"] == "v1", node
+        assert answer["image_sha256"] == studio.digest("v1"), f"{node} serves a different v1"
+    shown = kubelet_cluster.kubectl("get", "mv", "-n", NAMESPACE)
+    assert f"{nodes}/{nodes}" in shown
+    assert "Available" in shown
+
+    # v2: prefetched everywhere, then the canary flips, then the next wave.
+    recorder = NodeCacheRecorder(
+        client.CustomObjectsApi(cluster_api),
+        [n.name for n in kubelet_cluster.nodes],
+        NAMESPACE,
+        NAME,
+    )
+    kubelet_cluster.kubectl(
+        "patch", "mv", NAME, "-n", NAMESPACE, "--type=merge", "-p", '{"spec":{"version":"v2"}}'
+    )
+    eventually(lambda: settled_on(cluster_api, "v2", nodes), f"READY {nodes}/{nodes} on v2", 300)
+    eventually(lambda: all_live(cluster_api, "v2", nodes), "every studio pod on v2", 120)
+    states = recorder.stop()
+    flipped = [sum(1 for m in s.values() if m["active"] == "v2") for s in states]
+    assert 1 in flipped, f"no state with the canary alone on v2: {flipped}"
+    assert flipped.index(1) < flipped.index(nodes), "the canary flipped before the wave"
+    for node, ip in studio_pods(cluster_api).items():
+        answer = generated(ip)
+        assert answer["version"] == "v2", node
+        assert answer["image_sha256"] == studio.digest("v2"), f"{node} serves a different v2"
+
+    # Rollback: v1 is still on every node's disk, so nothing is downloaded.
+    before = downloaded_bytes(cluster_api, modelcache_release.namespace)
+    assert sorted(before) == [n.name for n in kubelet_cluster.nodes]
+    assert all(b > 0 for b in before.values()), before
+    kubeconfig = ["--kubeconfig", str(kubelet_cluster.kubeconfig)]
+    rollback = subprocess.run(
+        [sys.executable, "-m", "modelcache", "rollback", NAME, "-n", NAMESPACE, *kubeconfig],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert rollback.returncode == 0, rollback.stderr
+    assert "v2 -> v1" in rollback.stdout
+    eventually(lambda: settled_on(cluster_api, "v1", nodes), "READY on v1 again", 120)
+    eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod back on v1", 60)
+    for node, ip in studio_pods(cluster_api).items():
+        assert generated(ip)["image_sha256"] == studio.digest("v1"), node
+    assert downloaded_bytes(cluster_api, modelcache_release.namespace) == before
