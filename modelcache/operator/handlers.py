@@ -22,7 +22,12 @@ from modelcache.api.k8s import GROUP, VERSION
 from modelcache.operator.clusterview import ClusterView
 from modelcache.operator.kubeclient import kube_configuration
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
-from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_until
+from modelcache.operator.wakeups import (
+    NodeSelectionMemory,
+    WakeupBoard,
+    finish_in_thread,
+    sleep_until,
+)
 
 FINALIZER = f"{GROUP}/cleanup"
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -52,6 +57,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     api = client.ApiClient(configuration)
     memo.reconciler = Reconciler(api)
     memo.wakeups = WakeupBoard()
+    memo.node_selection = NodeSelectionMemory()
 
 
 @kopf.index(GROUP, VERSION, "nodecaches")
@@ -120,8 +126,12 @@ async def node_cache_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "nodes")
-async def node_changed(type: str, memo: Any, **_: Any) -> None:
-    if type in ("ADDED", "DELETED", "MODIFIED"):
+async def node_changed(type: str, name: str, labels: kopf.Labels, memo: Any, **_: Any) -> None:
+    """Wake every ModelVersion only when a Node comes, goes or changes labels: not on the
+    status and heartbeat updates a kubelet makes every few seconds."""
+    if type in ("ADDED", "DELETED", "MODIFIED", None) and memo.node_selection.changed(
+        type or "ADDED", name, dict(labels)
+    ):
         memo.wakeups.wake_all()
 
 

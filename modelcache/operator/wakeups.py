@@ -42,6 +42,27 @@ class WakeupBoard:
             event.set()
 
 
+class NodeSelectionMemory:
+    """What of each Node a ModelVersion's selection reads: whether it exists, and its labels.
+
+    Real kubelets update their Node's status every few seconds; only an added or deleted
+    Node, or one whose labels changed, can change which nodes a ModelVersion selects, so
+    only those should wake every reconcile loop."""
+
+    def __init__(self) -> None:
+        self._labels: dict[str, dict[str, str]] = {}
+
+    def changed(self, event: str, name: str, labels: dict[str, str]) -> bool:
+        """Record a watch event; True when it can change a selection."""
+        if event == "DELETED":
+            self._labels.pop(name, None)
+            return True
+        if self._labels.get(name) == labels:
+            return False
+        self._labels[name] = dict(labels)
+        return True
+
+
 async def sleep_until(wakeup: asyncio.Event, seconds: float) -> None:
     """Sleep up to `seconds`, returning early on a wakeup (which it consumes)."""
     with contextlib.suppress(TimeoutError):

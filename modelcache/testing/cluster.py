@@ -135,10 +135,13 @@ class KubeletCluster:
         work_dir: Path | None = None,
         report: Report | None = None,
         tie_to_parent: bool = True,
+        studio: bool = True,
     ) -> None:
+        """`studio=False` leaves out the inference image (several GB to import per node)."""
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.node_count = nodes
+        self.studio = studio
         self.work_dir = work_dir or cache_dir() / "cluster"
         self.report = report or _quiet
         self.tie_to_parent = tie_to_parent
@@ -253,13 +256,13 @@ class KubeletCluster:
         ensure_host_packages(say)
         self.toolchain = ensure_toolchain(say)
         self.node_toolchain = ensure_node_toolchain(say)
-        self.images = ensure_images(self.node_toolchain, say)
+        self.images = ensure_images(self.node_toolchain, say, studio=self.studio)
         say("cleaning up after any earlier cluster")
         hostnet.undo_all([self.work_dir])
         self.work_dir.mkdir(parents=True, exist_ok=True)
         hostnet.Ledger().add_work_dir(self.work_dir)
         hostnet.prepare_host()
-        self._reaper = reaper.spawn(os.getpid(), self.work_dir, self.work_dir.parent / "reaper.log")
+        self._reaper = reaper.spawn(os.getpid(), self.work_dir, cache_dir() / "logs" / "reaper.log")
         if not HOSTPATH.exists():
             HOSTPATH.mkdir(parents=True)
             hostnet.Ledger().add_created_dir(HOSTPATH)

@@ -8,6 +8,8 @@ they fail.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import subprocess
 import time
@@ -23,7 +25,7 @@ from kubernetes import client, config
 from modelcache.testing.cluster import KubeletCluster
 from modelcache.testing.hostnet import HOST_ADDRESS
 from modelcache.testing.hostprep import cluster_unavailable
-from modelcache.testing.objectstore import ObjectStore
+from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "modelcache"
 NODES = 2
@@ -93,9 +95,36 @@ def helm(cluster: KubeletCluster, *args: str) -> str:
     return result.stdout
 
 
+STUDIO_NAMESPACE = "studio"  # as examples/studio/k8s names it
+CREDENTIALS = "store"
+
+
+@pytest.fixture(scope="session")
+def studio_namespace(
+    kubelet_cluster: KubeletCluster, cluster_api: client.ApiClient, cluster_store: ObjectStore
+) -> str:
+    """The namespace of the tests' ModelVersions, with the Secret they name: the store's
+    endpoint and keys (the only Secret the chart lets agents read)."""
+    core = client.CoreV1Api(cluster_api)
+    core.create_namespace({"metadata": {"name": STUDIO_NAMESPACE}})
+    secret = {
+        "AWS_ENDPOINT_URL": cluster_store.endpoint,
+        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+    }
+    core.create_namespaced_secret(
+        STUDIO_NAMESPACE,
+        {
+            "metadata": {"name": CREDENTIALS},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
+        },
+    )
+    return STUDIO_NAMESPACE
+
+
 @pytest.fixture(scope="session")
 def modelcache_release(
-    kubelet_cluster: KubeletCluster, progress: Callable[[str], None]
+    kubelet_cluster: KubeletCluster, studio_namespace: str, progress: Callable[[str], None]
 ) -> Iterator[Release]:
     """helm install of helm/modelcache with the images built here, waited until Ready."""
     release = Release(name="mc", namespace="modelcache-system")
@@ -111,6 +140,8 @@ def modelcache_release(
         "--create-namespace",
         "--set",
         "image.pullPolicy=Never",
+        "--set-json",
+        "agent.credentialsSecrets=" + json.dumps({studio_namespace: [CREDENTIALS]}),
         "--wait",
         "--timeout=5m",
     )

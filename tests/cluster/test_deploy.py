@@ -3,7 +3,6 @@ credentials, and a ModelVersion lands on every node's own disk."""
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from modelcache.api.k8s import GROUP, VERSION
 from modelcache.testing.cluster import KubeletCluster
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
 from modelcache.testing.toolchain import KUBERNETES_VERSION
-from tests.cluster.conftest import Release, pods, unique
+from tests.cluster.conftest import CREDENTIALS, Release, pods, unique
 from tests.integration.cli.support import make_model, same_tree
 
 
@@ -122,6 +121,7 @@ def test_model_version_lands_on_each_nodes_own_disk(
     cluster_api: client.ApiClient,
     cluster_store: ObjectStore,
     modelcache_release: Release,
+    studio_namespace: str,
     tmp_path: Path,
 ) -> None:
     bucket = unique("e2e")
@@ -129,21 +129,7 @@ def test_model_version_lands_on_each_nodes_own_disk(
     model = make_model(tmp_path / "v1", seed=1, sizes={"adapter.safetensors": 3 << 20})
     _publish(cluster_store, bucket, model, "v1")
 
-    namespace = unique("studio")
-    core = client.CoreV1Api(cluster_api)
-    core.create_namespace({"metadata": {"name": namespace}})
-    secret = {
-        "AWS_ENDPOINT_URL": cluster_store.endpoint,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
-    core.create_namespaced_secret(
-        namespace,
-        {
-            "metadata": {"name": "store"},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
-        },
-    )
+    namespace = studio_namespace
     custom = client.CustomObjectsApi(cluster_api)
     custom.create_namespaced_custom_object(
         GROUP,
@@ -155,7 +141,10 @@ def test_model_version_lands_on_each_nodes_own_disk(
             "kind": "ModelVersion",
             "metadata": {"name": "lora"},
             "spec": {
-                "source": {"url": f"s3://{bucket}/lora", "credentialsSecret": {"name": "store"}},
+                "source": {
+                    "url": f"s3://{bucket}/lora",
+                    "credentialsSecret": {"name": CREDENTIALS},
+                },
                 "version": "v1",
             },
         },
@@ -184,3 +173,14 @@ def test_model_version_lands_on_each_nodes_own_disk(
     # Each node pulled into its own directory: the hostPath is not one shared disk.
     inodes = {(n.hostpath / "models").stat().st_ino for n in kubelet_cluster.nodes}
     assert len(inodes) == len(kubelet_cluster.nodes)
+
+    custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", "lora")
+    eventually(
+        lambda: (
+            not any(
+                (n.hostpath / "models" / namespace / "lora").exists() for n in kubelet_cluster.nodes
+            )
+        ),
+        "the deleted ModelVersion's files gone from every node",
+        timeout=120,
+    )

@@ -8,7 +8,6 @@ and each agent pod's /metrics.
 
 from __future__ import annotations
 
-import base64
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -60,6 +59,7 @@ def studio(
     cluster_api: client.ApiClient,
     cluster_store: ObjectStore,
     modelcache_release: Release,
+    studio_namespace: str,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[References]:
     """Two adapter versions published to the store, the studio DaemonSet and the example
@@ -83,22 +83,10 @@ def studio(
         publish(source, directory, version)
 
     kubelet_cluster.kubectl("apply", "-f", str(MANIFESTS / "studio.yaml"))
-    secret = {
-        "AWS_ENDPOINT_URL": cluster_store.endpoint,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
-    client.CoreV1Api(cluster_api).create_namespaced_secret(
-        NAMESPACE,
-        {
-            "metadata": {"name": "store"},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
-        },
-    )
     kubelet_cluster.kubectl("apply", "-f", str(MANIFESTS / "modelversion.yaml"))
     yield References(made)
     kubelet_cluster.kubectl("delete", "-f", str(MANIFESTS / "modelversion.yaml"), "--wait=true")
-    kubelet_cluster.kubectl("delete", "-f", str(MANIFESTS / "studio.yaml"), "--wait=true")
+    kubelet_cluster.kubectl("delete", "-n", NAMESPACE, "daemonset/studio", "--wait=true")
 
 
 def model_version(api: client.ApiClient) -> dict[str, Any]:

@@ -7,7 +7,12 @@ import threading
 
 import pytest
 
-from modelcache.operator.wakeups import WakeupBoard, finish_in_thread, sleep_until
+from modelcache.operator.wakeups import (
+    NodeSelectionMemory,
+    WakeupBoard,
+    finish_in_thread,
+    sleep_until,
+)
 
 
 def test_cancelling_waits_for_the_thread_to_finish() -> None:
@@ -49,3 +54,15 @@ def test_a_wakeup_ends_the_sleep_early_and_is_consumed() -> None:
         assert not event.is_set()
 
     asyncio.run(scenario())
+
+
+def test_node_status_updates_do_not_wake_reconciles() -> None:
+    memory = NodeSelectionMemory()
+    assert memory.changed("ADDED", "node1", {"gpu": "a100"})
+    # A kubelet's heartbeat or status update: same labels, nothing to reselect.
+    assert not memory.changed("MODIFIED", "node1", {"gpu": "a100"})
+    assert not memory.changed("MODIFIED", "node1", {"gpu": "a100"})
+    assert memory.changed("MODIFIED", "node1", {"gpu": "h100"})
+    assert memory.changed("MODIFIED", "node2", {})  # first seen through a modification
+    assert memory.changed("DELETED", "node1", {"gpu": "h100"})
+    assert memory.changed("ADDED", "node1", {"gpu": "h100"})  # back: selected again

@@ -1,0 +1,107 @@
+"""A cluster whose owner is killed with SIGKILL leaves nothing on the machine.
+
+It runs before the session's cluster (it needs the machine to itself): a child process
+starts a one-node cluster and a pod with a hostPath, and is killed with SIGKILL; the
+reaper it started must then stop the containers and undo every mount, link, rule,
+cgroup and sysctl, as `hostnet.leftovers()` and /proc see it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+from filelock import Timeout
+
+from modelcache.testing import hostnet
+from modelcache.testing.cluster import cluster_lock
+from modelcache.testing.hostprep import cluster_unavailable
+
+FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from modelcache.testing.cluster import KubeletCluster
+    from modelcache.testing.images import AGENT_IMAGE
+    from pathlib import Path
+    cluster = KubeletCluster(nodes=1, studio=False, work_dir=Path(sys.argv[1]))
+    cluster.start()
+    cluster.kubectl("run", "sleeper", f"--image={AGENT_IMAGE}", "--image-pull-policy=Never",
+                    "--command", "--", "python3", "-c", "import time; time.sleep(3600)")
+    cluster.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=120s")
+    print("UP", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def test_a_cluster_killed_with_sigkill_leaves_nothing() -> None:
+    reason = cluster_unavailable()
+    if reason is not None:
+        if os.environ.get("MODELCACHE_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"MODELCACHE_REQUIRE_CLUSTER=1 but {reason}")
+        pytest.skip(reason)
+    lock = cluster_lock()
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        pytest.fail("a cluster is already up: this test runs first, on a machine to itself")
+    lock.release()
+    forwarding = FORWARDING.read_text()
+    work_dir = tempfile.mkdtemp(prefix="mc-kill-")
+    owner = subprocess.Popen(
+        # A short path: kubelet's unix sockets under it must fit in 108 bytes.
+        [sys.executable, "-c", OWNER, work_dir],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert owner.stdout is not None
+        lines = []
+        for line in owner.stdout:
+            lines.append(line)
+            if line.strip() == "UP":
+                break
+        assert lines, "the owner printed nothing"
+        assert lines[-1].strip() == "UP", "".join(lines[-30:])
+        assert hostnet.leftovers(), "a running cluster shows in leftovers()"
+        shims = _our_processes()
+        assert shims, "the pod's containers run under our cgroups"
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    deadline = time.monotonic() + 90
+    while hostnet.LEDGER.exists() and time.monotonic() < deadline:  # the reaper's last step
+        time.sleep(1)
+    assert not hostnet.LEDGER.exists(), "the reaper finished its undo"
+    assert hostnet.leftovers() == []
+    assert _our_processes() == []
+    assert not Path(work_dir).exists(), "the work dir (kubelet and containerd state) is gone"
+    assert FORWARDING.read_text() == forwarding, "ip_forward got its value back"
+
+
+def _our_processes() -> list[str]:
+    """Processes in our nodes' cgroups, and any process naming the cluster's run dir."""
+    found = []
+    for group in hostnet.our_cgroups():
+        try:
+            found += (group / "cgroup.procs").read_text().split()
+        except OSError:
+            continue
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(hostnet.STATE_ROOT).encode() in cmdline:
+                found.append(proc.name)
+    return sorted(set(found))
