@@ -166,7 +166,13 @@ class KubeAgent:
         with self._lock:
             if key in self._pulls:
                 return
-            pull = _Pull(thread=threading.Thread(target=self._pull, args=(model, entry, version)))
+            # A daemon thread: SIGTERM (a pod deleted, a node drained) ends the agent at once
+            # instead of after the download; the partial stays resumable, as after a kill.
+            pull = _Pull(
+                thread=threading.Thread(
+                    target=self._pull, args=(model, entry, version), daemon=True
+                )
+            )
             self._pulls[key] = pull
         pull.thread.start()
 

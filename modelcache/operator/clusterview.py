@@ -21,6 +21,7 @@ from modelcache.api.k8s import LabelSelector
 class ClusterView:
     caches: Mapping[str, dict[str, Any]]  # NodeCache name (= node name) -> its body
     node_labels: Mapping[str, Mapping[str, str]]  # node name -> its labels
+    not_ready: frozenset[str] = frozenset()  # nodes whose Ready condition is not True
 
     def select(self, selector: LabelSelector) -> list[str]:
         """The nodes `selector` matches, by name (the API server's label semantics)."""
@@ -31,9 +32,22 @@ class ClusterView:
         cls,
         caches: Mapping[str, Iterable[dict[str, Any]]],
         node_labels: Mapping[str, Iterable[Mapping[str, str]]],
+        node_ready: Mapping[str, Iterable[bool]] | None = None,
     ) -> ClusterView:
         """From kopf indexes keyed by name (one value per key: names are unique)."""
         return cls(
             caches={name: body for name, values in caches.items() for body in values},
             node_labels={name: labels for name, values in node_labels.items() for labels in values},
+            not_ready=frozenset(
+                name for name, values in (node_ready or {}).items() if not all(values)
+            ),
         )
+
+
+def node_is_ready(status: Mapping[str, Any] | None) -> bool:
+    """False only when the Node reports a Ready condition that is not True (a kubelet that
+    stopped reporting turns Unknown); a Node with no conditions yet counts as ready."""
+    for condition in (status or {}).get("conditions") or []:
+        if condition.get("type") == "Ready":
+            return bool(condition.get("status") == "True")
+    return True

@@ -19,7 +19,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelcache.api.k8s import GROUP, VERSION
-from modelcache.operator.clusterview import ClusterView
+from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.kubeclient import kube_configuration
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
 from modelcache.operator.wakeups import (
@@ -72,6 +72,12 @@ def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str,
     return {name: dict(labels)}
 
 
+@kopf.index("", "v1", "nodes")
+def node_ready(name: str, status: kopf.Status, **_: Any) -> dict[str, bool]:
+    """Every Node's readiness: a NotReady node counts as failed in a rollout in flight."""
+    return {name: node_is_ready(status)}
+
+
 @kopf.daemon(GROUP, VERSION, "modelversions", cancellation_timeout=10.0)
 async def rollout(
     stopped: kopf.DaemonStopped,
@@ -96,7 +102,9 @@ async def rollout(
             try:
                 async with board.lock(namespace, name):
                     # Snapshot the indexes here, on the loop that updates them.
-                    view = ClusterView.from_indexes(indexes["node_caches"], indexes["node_labels"])
+                    view = ClusterView.from_indexes(
+                        indexes["node_caches"], indexes["node_labels"], indexes["node_ready"]
+                    )
                     outcome = await finish_in_thread(
                         partial(reconciler.reconcile, namespace, name, view)
                     )
@@ -126,11 +134,13 @@ async def node_cache_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 
 @kopf.on.event("", "v1", "nodes")
-async def node_changed(type: str, name: str, labels: kopf.Labels, memo: Any, **_: Any) -> None:
-    """Wake every ModelVersion only when a Node comes, goes or changes labels: not on the
-    status and heartbeat updates a kubelet makes every few seconds."""
+async def node_changed(
+    type: str, name: str, labels: kopf.Labels, status: kopf.Status, memo: Any, **_: Any
+) -> None:
+    """Wake every ModelVersion only when a Node comes, goes, changes labels or readiness:
+    not on the status and heartbeat updates a kubelet makes every few seconds."""
     if type in ("ADDED", "DELETED", "MODIFIED", None) and memo.node_selection.changed(
-        type or "ADDED", name, dict(labels)
+        type or "ADDED", name, dict(labels), ready=node_is_ready(status)
     ):
         memo.wakeups.wake_all()
 

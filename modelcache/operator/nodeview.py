@@ -7,6 +7,8 @@ operator only ever rewrites the entry of the ModelVersion it is reconciling.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
+from dataclasses import replace
 
 from modelcache.api.modelversion import ModelVersionSpec
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus, NodeModel, ReloadTarget
@@ -74,6 +76,13 @@ def without_entry(spec: NodeCacheSpec, namespace: str, name: str) -> NodeCacheSp
 
 
 def observations(
-    statuses: Mapping[str, NodeCacheStatus | None], namespace: str, name: str
+    statuses: Mapping[str, NodeCacheStatus | None],
+    namespace: str,
+    name: str,
+    not_ready: AbstractSet[str] = frozenset(),
 ) -> dict[str, NodeObservation]:
-    return {node: observation(status, namespace, name) for node, status in statuses.items()}
+    observed = {node: observation(status, namespace, name) for node, status in statuses.items()}
+    return {
+        node: replace(seen, not_ready=True) if node in not_ready else seen
+        for node, seen in observed.items()
+    }

@@ -35,6 +35,7 @@ class NodeObservation:
     active: str | None = None  # what `current` points at
     reloaded: str | None = None  # the version every selected pod has acknowledged
     reload_error: str | None = None  # why the last reload of `active` failed
+    not_ready: bool = False  # the Node's Ready condition is False or Unknown (kubelet silent)
 
     def serving(self, version: str) -> bool:
         return self.active == version and self.reloaded == version
@@ -144,11 +145,32 @@ class _Step:
 
     def advance(self) -> RolloutState:
         state = self.state
+        if state.phase in ("Prefetching", "Canary", "Waves"):
+            state = self._fail_not_ready(state)
+            if self._beyond_threshold(state):
+                return self._fail(state)
         if state.phase == "Prefetching":
             return self._prefetching(state)
         if state.phase in ("Canary", "Waves"):
             return self._flipping(state)
         return state
+
+    def _fail_not_ready(self, state: RolloutState) -> RolloutState:
+        """A node whose kubelet stopped reporting cannot be trusted to finish (or to be
+        managed) during a rollout: it counts as failed, against `failureThreshold`."""
+        failed = {f.node for f in state.failed}
+        new = {
+            n: "node NotReady: its kubelet stopped reporting"
+            for n in self.nodes
+            if self.obs(n).not_ready and n not in failed and not self.obs(n).serving(state.target)
+        }
+        for node, reason in new.items():
+            self.events.append(
+                PlanEvent("Warning", "NodeFailed", f"{state.target} on {node}: {reason}")
+            )
+        if not new:
+            return state
+        return state.model_copy(update={"failed": _merge_failures(state.failed, new)})
 
     # -- phases ---------------------------------------------------------------------------
     def _prefetching(self, state: RolloutState) -> RolloutState:

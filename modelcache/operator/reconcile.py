@@ -28,7 +28,7 @@ from modelcache.api.modelversion import (
     RolloutState,
 )
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus
-from modelcache.operator.clusterview import ClusterView
+from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
 from modelcache.operator.planner import Plan, PlanEvent, plan_rollout
 
@@ -98,10 +98,17 @@ class Reconciler:
             raise
         return body
 
-    def _selected_nodes(self, spec: ModelVersionSpec) -> list[str]:
+    def _selected_nodes(self, spec: ModelVersionSpec) -> tuple[list[str], frozenset[str]]:
+        """The selected nodes by name, and those of them that are not Ready."""
         selector = spec.node_selector.to_label_selector_string()
-        nodes = self.core.list_node(label_selector=selector or None)
-        return sorted(str(n.metadata.name) for n in nodes.items if n.metadata is not None)
+        nodes = self.core.api_client.sanitize_for_serialization(
+            self.core.list_node(label_selector=selector or None)
+        )["items"]
+        names = sorted(str(n["metadata"]["name"]) for n in nodes)
+        not_ready = frozenset(
+            str(n["metadata"]["name"]) for n in nodes if not node_is_ready(n.get("status"))
+        )
+        return names, not_ready
 
     def _node_caches(self) -> dict[str, dict[str, Any]]:
         listed = cast(
@@ -119,9 +126,10 @@ class Reconciler:
         spec = ModelVersionSpec.model_validate(body["spec"])
         status = ModelVersionStatus.model_validate(body.get("status") or {})
         if view is None:
-            nodes, caches = self._selected_nodes(spec), self._node_caches()
+            (nodes, not_ready), caches = self._selected_nodes(spec), self._node_caches()
         else:
             nodes, caches = view.select(spec.node_selector), dict(view.caches)
+            not_ready = view.not_ready
         statuses = {
             node: self._parse(caches[node])[1] if node in caches else None for node in nodes
         }
@@ -129,7 +137,7 @@ class Reconciler:
         plan = plan_rollout(
             spec,
             nodes,
-            observations(statuses, namespace, name),
+            observations(statuses, namespace, name, not_ready),
             status.rollout,
             history=[h.version for h in status.history],
             now=now,

@@ -43,23 +43,23 @@ class WakeupBoard:
 
 
 class NodeSelectionMemory:
-    """What of each Node a ModelVersion's selection reads: whether it exists, and its labels.
+    """What of each Node a reconcile reads: whether it exists, its labels, its readiness.
 
     Real kubelets update their Node's status every few seconds; only an added or deleted
-    Node, or one whose labels changed, can change which nodes a ModelVersion selects, so
-    only those should wake every reconcile loop."""
+    Node, one whose labels changed, or one that turned Ready or NotReady can change a
+    rollout, so only those should wake every reconcile loop."""
 
     def __init__(self) -> None:
-        self._labels: dict[str, dict[str, str]] = {}
+        self._seen: dict[str, tuple[dict[str, str], bool]] = {}
 
-    def changed(self, event: str, name: str, labels: dict[str, str]) -> bool:
-        """Record a watch event; True when it can change a selection."""
+    def changed(self, event: str, name: str, labels: dict[str, str], *, ready: bool = True) -> bool:
+        """Record a watch event; True when it can change a rollout."""
         if event == "DELETED":
-            self._labels.pop(name, None)
+            self._seen.pop(name, None)
             return True
-        if self._labels.get(name) == labels:
+        if self._seen.get(name) == (labels, ready):
             return False
-        self._labels[name] = dict(labels)
+        self._seen[name] = (dict(labels), ready)
         return True
 
 

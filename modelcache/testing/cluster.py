@@ -31,7 +31,13 @@ from filelock import FileLock, Timeout
 from modelcache.testing import hostnet, reaper
 from modelcache.testing.cache import cache_dir
 from modelcache.testing.hostprep import ensure_host_packages
-from modelcache.testing.images import COREDNS_IMAGE, PAUSE_IMAGE, ImageTarball, ensure_images
+from modelcache.testing.images import (
+    COREDNS_IMAGE,
+    PAUSE_IMAGE,
+    STUDIO_IMAGE,
+    ImageTarball,
+    ensure_images,
+)
 from modelcache.testing.kube import KubeControlPlane
 from modelcache.testing.pki import ApiserverPki, issue_client_cert
 from modelcache.testing.ports import LOOPBACK, free_ports, wait_until
@@ -193,13 +199,25 @@ class KubeletCluster:
             raise
         return self
 
-    def add_node(self) -> Node:
-        """One more kubelet node, joined and Ready: a node that joins the running cluster."""
+    def add_node(self, *, studio: bool = True) -> Node:
+        """One more kubelet node, joined and Ready: a node that joins the running cluster.
+        `studio=False` leaves the (large) inference image out of its containerd."""
         node = self._new_node(len(self.nodes) + 1)
         self.nodes.append(node)
-        self._start_nodes([node])
+        images = self.images
+        if not studio:
+            self.images = [i for i in images if i.ref != STUDIO_IMAGE]
+        try:
+            self._start_nodes([node])
+        finally:
+            self.images = images
         self._wait_ready([node])
         return node
+
+    def start_kubelet(self, node: Node) -> None:
+        """Start a node's kubelet again (after `stop_kubelet`); its pods are still there."""
+        if node.kubelet is None:
+            self._start_kubelet(node)
 
     def stop_kubelet(self, node: Node) -> None:
         """Stop a node's kubelet (its pods keep running, the node stops reporting)."""

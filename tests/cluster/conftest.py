@@ -31,10 +31,24 @@ CHART = Path(__file__).resolve().parents[2] / "helm" / "modelcache"
 NODES = 2
 
 
+# The order the modules need: the kill -9 test before the session's cluster exists, the
+# faults (which stop a kubelet and add a node) after everything that counts nodes.
+ORDER = ("test_cleanup", "test_deploy", "test_least_privilege", "test_studio_rollout")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = Path(__file__).parent
+
+    def rank(item: pytest.Item) -> int:
+        path = Path(str(item.fspath))
+        if not path.is_relative_to(here):
+            return -1
+        return ORDER.index(path.stem) if path.stem in ORDER else len(ORDER)
+
     for item in items:
-        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+        if Path(str(item.fspath)).is_relative_to(here):
             item.add_marker(pytest.mark.cluster)
+    items.sort(key=rank)  # stable: within a module, the order of definition
 
 
 @pytest.fixture(scope="session")
@@ -142,6 +156,11 @@ def modelcache_release(
         "image.pullPolicy=Never",
         "--set-json",
         "agent.credentialsSecrets=" + json.dumps({studio_namespace: [CREDENTIALS]}),
+        # Pulls slow enough for the fault tests to interrupt (test_faults.py).
+        "--set",
+        "agent.maxRate=8M",
+        "--set-json",
+        'agent.extraArgs=["--concurrency=2"]',
         "--wait",
         "--timeout=5m",
     )

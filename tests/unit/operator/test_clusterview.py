@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelcache.api.k8s import LabelSelector, LabelSelectorRequirement
-from modelcache.operator.clusterview import ClusterView
+from modelcache.operator.clusterview import ClusterView, node_is_ready
 
 NODES = {
     "gpu-a": {"pool": "a100", "zone": "z1"},
@@ -56,3 +56,21 @@ def test_match_labels_selects_exactly_the_nodes_carrying_them(
     assert chosen == sorted(
         n for n, have in nodes.items() if all(have.get(k) == v for k, v in wanted.items())
     )
+
+
+def test_readiness_comes_from_the_ready_condition_only() -> None:
+    def status(ready: str | None) -> dict[str, object]:
+        conditions = [{"type": "MemoryPressure", "status": "False"}]
+        if ready is not None:
+            conditions.append({"type": "Ready", "status": ready})
+        return {"conditions": conditions}
+
+    assert node_is_ready(status("True"))
+    assert not node_is_ready(status("Unknown")), "a kubelet that stopped reporting"
+    assert not node_is_ready(status("False"))
+    assert node_is_ready(status(None)), "no Ready condition yet: not a failure"
+    assert node_is_ready(None)
+    indexed = ClusterView.from_indexes(
+        {}, {"a": [{}], "b": [{}]}, {"a": [True], "b": [node_is_ready(status("Unknown"))]}
+    )
+    assert indexed.not_ready == frozenset({"b"})

@@ -36,6 +36,7 @@ class Fleet:
     reloaded: dict[str, str | None] = field(default_factory=dict)
     reload_fails: set[tuple[str, str]] = field(default_factory=set)  # (node, version)
     pull_fails: set[tuple[str, str]] = field(default_factory=set)
+    not_ready: set[str] = field(default_factory=set)  # kubelet stopped: the agent is silent
 
     def observe(self) -> dict[str, NodeObservation]:
         out = {}
@@ -48,11 +49,14 @@ class Fleet:
                 active=active,
                 reloaded=None if failing else self.reloaded.get(node),
                 reload_error="pod refused: shape mismatch" if failing else None,
+                not_ready=node in self.not_ready,
             )
         return out
 
     def apply(self, plan: Plan) -> None:
         for node, assignment in plan.assignments.items():
+            if node in self.not_ready:
+                continue
             for version in assignment.versions:
                 if (node, version) not in self.pull_fails:
                     self.cached.setdefault(node, set()).add(version)
@@ -241,3 +245,38 @@ def test_nodes_that_failed_within_the_threshold_stay_on_the_old_version() -> Non
     assert {plans[-1].assignments[n].active for n in ("gpu-00", "gpu-02")} == {"v2"}
     assert plans[-1].phase == "Degraded"
     assert any("every node but gpu-01" in e.message for p in plans for e in p.events)
+
+
+def test_a_node_going_not_ready_mid_prefetch_counts_against_the_threshold() -> None:
+    fleet, state = deployed(3)
+    fleet.not_ready.add("gpu-01")  # its kubelet stopped: it will never report v2
+    plans, final = run(fleet, spec("v2", canary=1, failureThreshold=0), state)
+    assert final.phase == "Failed", "not stuck in Prefetching waiting for a silent node"
+    assert [(f.node, f.reason) for f in final.failed] == [
+        ("gpu-01", "node NotReady: its kubelet stopped reporting")
+    ]
+    assert all(a.active == "v1" for a in plans[-1].assignments.values())
+    assert plans[-1].phase == "Degraded"
+    assert any(
+        e.type == "Warning" and e.reason == "NodeFailed" and "gpu-01" in e.message
+        for p in plans
+        for e in p.events
+    )
+
+
+def test_a_not_ready_node_within_the_threshold_stays_behind() -> None:
+    fleet, state = deployed(3)
+    fleet.not_ready.add("gpu-02")
+    plans, final = run(fleet, spec("v2", canary=1, failureThreshold=1), state)
+    assert final.phase == "Complete"
+    assert [f.node for f in final.failed] == ["gpu-02"]
+    assert [fleet.active[n] for n in fleet.nodes] == ["v2", "v2", "v1"]
+    assert plans[-1].phase == "Degraded"
+
+
+def test_a_not_ready_node_already_serving_the_target_is_not_a_failure() -> None:
+    fleet, state = deployed(2)
+    fleet.not_ready.add("gpu-00")
+    plan = plan_rollout(spec("v1"), fleet.nodes, fleet.observe(), state, now=T0)
+    assert plan.rollout.failed == []
+    assert plan.rollout.phase == "Complete"
