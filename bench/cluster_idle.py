@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pathlib import Path
 from _cluster import console, cpu_seconds, load_average, machine, sigterm_as_interrupt, wait_for
 from kubernetes import client, watch
 from kubernetes import config as kube_config
+from urllib3.exceptions import ProtocolError
 
 from modelcache.api.k8s import GROUP, VERSION
 from modelcache.sources.base import Credentials
@@ -54,8 +56,9 @@ class NodeEvents:
         self._thread.start()
 
     def _run(self, core: client.CoreV1Api, version: str) -> None:
-        for _ in self._watch.stream(core.list_node, resource_version=version):
-            self.count += 1
+        with contextlib.suppress(ProtocolError, OSError):  # the cluster went away first
+            for _ in self._watch.stream(core.list_node, resource_version=version):
+                self.count += 1
 
     def stop(self) -> None:
         self._watch.stop()
