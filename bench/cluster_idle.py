@@ -15,7 +15,6 @@ Usage: .venv/bin/python bench/cluster_idle.py [--nodes 2] [--models 20] [--windo
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import json
 import subprocess
@@ -143,18 +142,7 @@ def main() -> int:
             api = kube_config.new_client_from_config(config_file=str(cluster.kubeconfig))
             core = client.CoreV1Api(api)
             core.create_namespace({"metadata": {"name": NAMESPACE}})
-            secret = {
-                "AWS_ENDPOINT_URL": store.endpoint,
-                "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-                "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-            }
-            core.create_namespaced_secret(
-                NAMESPACE,
-                {
-                    "metadata": {"name": "store"},
-                    "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
-                },
-            )
+            core.create_namespaced_secret(NAMESPACE, store.credentials_secret("store"))
             assert cluster.toolchain is not None
             allowed = json.dumps({NAMESPACE: ["store"]})
             install = ["install", "mc", str(REPO / "helm/modelcache"), "-n", "modelcache-system"]

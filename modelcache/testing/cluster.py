@@ -23,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 from filelock import FileLock, Timeout
@@ -72,9 +72,10 @@ def undo_leftovers() -> list[str]:
     except Timeout:
         return []  # a live cluster (a `dev up --cluster`): its owner cleans up
     try:
-        found = hostnet.leftovers()
+        # A process that started a cluster knows the machine had no KUBE-* chains before.
+        found = hostnet.leftovers(include_chains=KubeletCluster.started_here or None)
         if found:
-            hostnet.undo_all()
+            hostnet.undo_all(ours_chains=KubeletCluster.started_here)
         return found
     finally:
         lock.release()
@@ -133,6 +134,8 @@ class Node:
 
 class KubeletCluster:
     """`with KubeletCluster(nodes=2) as cluster:` then `cluster.kubeconfig`, `cluster.nodes`."""
+
+    started_here: ClassVar[bool] = False  # whether this process ever started one
 
     def __init__(
         self,
@@ -275,6 +278,7 @@ class KubeletCluster:
         self.toolchain = ensure_toolchain(say)
         self.node_toolchain = ensure_node_toolchain(say)
         self.images = ensure_images(self.node_toolchain, say, studio=self.studio)
+        KubeletCluster.started_here = True
         say("cleaning up after any earlier cluster")
         hostnet.undo_all([self.work_dir])
         self.work_dir.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Every change a kubelet cluster makes to this machine, recorded and undone.
 
-The cluster needs an address of its own (a dummy interface), IP forwarding,
+The cluster needs an address of its own (on an interface it makes), IP forwarding,
 bridge netfilter, FORWARD rules for its pod network, cgroups and mounts; kubelet
 and kube-proxy set sysctls and iptables chains of their own. The ledger lives on
 tmpfs under /run: what it records was made since boot, so `undo_all()` can put
@@ -250,8 +250,42 @@ def restore_sysctls(values: dict[str, str]) -> None:
             sysctl_set(key, value)
 
 
-def leftovers() -> list[str]:
-    """What of ours is still on the machine: the check after a run (empty when clean)."""
+def kube_chains() -> list[str]:
+    """The KUBE-* and CNI-* iptables chains on the machine, as `tool -t table -N chain`."""
+    found: list[str] = []
+    for tool in ("iptables", "iptables-legacy"):
+        for table in ("filter", "nat", "mangle"):
+            rules = _sh(tool, "-t", table, "-S").stdout.splitlines()
+            found += [
+                f"{tool} -t {table} {r}"
+                for r in rules
+                if r.startswith("-N ") and r.split()[1].startswith(CHAIN_PREFIXES)
+            ]
+    return found
+
+
+def foreign_kubernetes() -> str | None:
+    """Why this machine's networking belongs to another Kubernetes, or None: KUBE-*/CNI-*
+    chains with no cluster of ours recorded. Our teardown removes such chains, so a test
+    cluster must not run beside another one."""
+    if LEDGER.exists():
+        return None
+    chains = kube_chains()
+    if not chains:
+        return None
+    return (
+        f"this machine already runs Kubernetes networking ({len(chains)} KUBE-*/CNI-* iptables "
+        "chains, e.g. " + chains[0].split()[-1] + "): a test cluster would disturb it"
+    )
+
+
+def leftovers(*, include_chains: bool | None = None) -> list[str]:
+    """What of ours is still on the machine: the check after a run (empty when clean).
+
+    KUBE-*/CNI-* chains count when our ledger exists, or when `include_chains` says so (a
+    process that ran a cluster, which it could only start on a machine without any)."""
+    if include_chains is None:
+        include_chains = LEDGER.exists()
     found: list[str] = []
     found += [f"cgroup {g}" for g in our_cgroups()]
     links = _sh("ip", "-o", "link", "show").stdout.splitlines()
@@ -263,16 +297,14 @@ def leftovers() -> list[str]:
     for tool in ("iptables", "iptables-legacy"):
         for table in ("filter", "nat", "mangle"):
             rules = _sh(tool, "-t", table, "-S").stdout.splitlines()
-            found += [
-                f"{tool} -t {table} {r}"
-                for r in rules
-                if RULE_COMMENT in r or any(f"-N {p}" in r for p in CHAIN_PREFIXES)
-            ]
+            found += [f"{tool} -t {table} {r}" for r in rules if RULE_COMMENT in r]
+    if include_chains:
+        found += kube_chains()
     with open("/proc/self/mounts") as mounts:
         found += [
             f"mount {line.split()[1]}"
             for line in mounts
-            if line.split()[1].startswith(str(STATE_ROOT)) or "/run/netns/cni-" in line.split()[1]
+            if line.split()[1].startswith(str(STATE_ROOT))
         ]
     found += [
         f"process {p.name}: {_cmdline(int(p.name))[:80]}"
@@ -282,11 +314,12 @@ def leftovers() -> list[str]:
     return found
 
 
-def undo_all(work_dirs: Iterable[Path] = ()) -> None:
+def undo_all(work_dirs: Iterable[Path] = (), *, ours_chains: bool = False) -> None:
     """Put the machine back: processes, containers, mounts, links, rules, cgroups, sysctls.
 
     Safe to run at any time and more than once; it is what `modelcache dev down` and
-    every cluster start run first, so a crashed run is cleaned by the next one."""
+    every cluster start run first, so a crashed run is cleaned by the next one.
+    `ours_chains`: the KUBE-*/CNI-* chains are ours even with no ledger left."""
     ledger = Ledger()
     data = ledger.read()
     kill_recorded_pids(data.get("pids", []))
@@ -294,7 +327,8 @@ def undo_all(work_dirs: Iterable[Path] = ()) -> None:
     kill_processes_naming(str(STATE_ROOT))
     dirs = [Path(d) for d in data.get("work_dirs", [])] + list(work_dirs)
     unmount_under(STATE_ROOT, *dirs)
-    remove_chains()
+    if data or ours_chains:  # only after a cluster of ours: never another Kubernetes' chains
+        remove_chains()
     remove_forward_rules()
     remove_links()
     remove_cgroups()

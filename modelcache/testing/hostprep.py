@@ -13,6 +13,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from modelcache.testing import hostnet
+
 # Debian package -> a file it installs that we use.
 HOST_PACKAGES: dict[str, str] = {
     "docker.io": "/usr/sbin/dockerd",
@@ -44,6 +46,9 @@ def cluster_unavailable() -> str | None:
         return "a kubelet cluster needs root (mounts, bridges, iptables, cgroups)"
     if shutil.which("go") is None:
         return "a kubelet cluster needs Go to build kubelet and friends (go not on PATH)"
+    foreign = hostnet.foreign_kubernetes()
+    if foreign is not None:
+        return foreign
     missing = missing_packages()
     if missing and shutil.which("apt-get") is None:
         packages = ", ".join(missing)

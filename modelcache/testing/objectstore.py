@@ -7,6 +7,7 @@ addresses path-style), boto3 with any key pair.
 
 from __future__ import annotations
 
+import base64
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -152,6 +153,19 @@ class ObjectStore:
             client.head_bucket(Bucket=name)
         except client.exceptions.ClientError:
             client.create_bucket(Bucket=name)
+
+    def credentials_secret(self, name: str) -> dict[str, Any]:
+        """A Kubernetes Secret holding this store's endpoint and a key pair, under the keys
+        an agent reads for a ModelVersion's `credentialsSecret`."""
+        values = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+        }
+        return {
+            "metadata": {"name": name},
+            "data": {k: base64.b64encode(v.encode()).decode() for k, v in values.items()},
+        }
 
     def stop(self) -> None:
         if self.process is not None:

@@ -8,7 +8,6 @@ they fail.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
@@ -25,7 +24,7 @@ from kubernetes import client, config
 from modelcache.testing.cluster import KubeletCluster
 from modelcache.testing.hostnet import HOST_ADDRESS
 from modelcache.testing.hostprep import cluster_unavailable
-from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
+from modelcache.testing.objectstore import ObjectStore
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "modelcache"
 NODES = 2
@@ -121,18 +120,7 @@ def studio_namespace(
     endpoint and keys (the only Secret the chart lets agents read)."""
     core = client.CoreV1Api(cluster_api)
     core.create_namespace({"metadata": {"name": STUDIO_NAMESPACE}})
-    secret = {
-        "AWS_ENDPOINT_URL": cluster_store.endpoint,
-        "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
-    }
-    core.create_namespaced_secret(
-        STUDIO_NAMESPACE,
-        {
-            "metadata": {"name": CREDENTIALS},
-            "data": {k: base64.b64encode(v.encode()).decode() for k, v in secret.items()},
-        },
-    )
+    core.create_namespaced_secret(STUDIO_NAMESPACE, cluster_store.credentials_secret(CREDENTIALS))
     return STUDIO_NAMESPACE
 
 
