@@ -84,7 +84,7 @@ def up(
     if as_json:
         print(json.dumps(asdict(state), indent=2))
         return
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print("[green]started[/]" if started else "[yellow]already running[/]")
     console.print(f"  export KUBECONFIG={state.kubeconfig}")
     console.print(f"  kube-apiserver  {state.apiserver}")
@@ -94,7 +94,7 @@ def up(
     console.print(f"  OSS endpoint    {state.s3_endpoint}  (OSS_ENDPOINT; anonymous, path-style)")
     console.print(f"  bucket          {state.bucket}")
     for name, hostpath in (state.nodes or {}).items():
-        console.print(f"  node {name:10} /var/lib/modelcache is {hostpath}")
+        console.print(f"  {name:15} /var/lib/modelcache is {hostpath}")
     console.print(f"  log             {state.log}")
     console.print("stop with: modelcache dev down")
 
