@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -278,6 +279,7 @@ class KubeletCluster:
         self.toolchain = ensure_toolchain(say)
         self.node_toolchain = ensure_node_toolchain(say)
         self.images = ensure_images(self.node_toolchain, say, studio=self.studio)
+        self._check_disk()
         KubeletCluster.started_here = True
         say("cleaning up after any earlier cluster")
         hostnet.undo_all([self.work_dir])
@@ -295,6 +297,22 @@ class KubeletCluster:
         self._wait_ready(self.nodes)
         self._start_coredns()
         say(f"cluster ready: {len(self.nodes)} nodes, KUBECONFIG={self.kubeconfig}")
+
+    def _check_disk(self) -> None:
+        """Fail at once, in one line, when the nodes would fill the disk: each node's
+        containerd keeps every image twice (content and unpacked), and an agent refuses
+        pulls above 95% full (its default high watermark)."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        usage = shutil.disk_usage(self.work_dir)
+        images = sum(i.tarball.stat().st_size for i in self.images)
+        need = 2 * images * self.node_count + usage.total // 20 + (4 << 30)
+        if usage.free < need:
+            raise ClusterError(
+                f"not enough disk for a {self.node_count}-node cluster under {self.work_dir}: "
+                f"{usage.free / 2**30:.1f} GiB free, about {need / 2**30:.1f} GiB needed "
+                f"({images / 2**30:.1f} GiB of images, twice per node, and 5% of the disk "
+                "kept free for the agents' watermark)"
+            )
 
     def _spawn(self, name: str, argv: Sequence[str], bucket: list[ManagedProcess]) -> None:
         proc = ManagedProcess(
