@@ -62,6 +62,38 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 _SKIPPED = pytest.StashKey[str]()
 
 
+# What a failed cluster test leaves behind for whoever reads the CI log: the cluster is gone
+# once the session ends, so its pods, events and logs go into the failure report.
+COMPONENT = "app.kubernetes.io/component"
+DIAGNOSTICS: tuple[tuple[str, ...], ...] = (
+    ("get", "nodes", "-o", "wide"),
+    ("get", "pods", "-A", "-o", "wide"),
+    ("get", "modelversions,nodecaches", "-A", "-o", "wide"),
+    ("get", "events", "-A", "--sort-by=.lastTimestamp"),
+    ("get", "modelversions", "-A", "-o", "yaml"),
+    ("get", "nodecaches", "-o", "yaml"),
+    ("logs", "-n", "modelcache-system", "-l", f"{COMPONENT}=operator", "--tail=60", "--prefix"),
+    ("logs", "-n", "modelcache-system", "-l", f"{COMPONENT}=agent", "--tail=60", "--prefix"),
+    ("logs", "-n", "studio", "-l", "app=studio", "--tail=40", "--prefix"),
+    ("logs", "-n", "studio", "-l", "app=studio", "--tail=40", "--prefix", "--previous"),
+)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()
+    cluster = getattr(item, "funcargs", {}).get("kubelet_cluster")
+    if not report.failed or call.when != "call" or not isinstance(cluster, KubeletCluster):
+        return
+    for args in DIAGNOSTICS:
+        try:
+            shown = cluster.kubectl(*args, "--request-timeout=10s", check=False)
+        except Exception as error:  # a report must not hide the failure it describes
+            shown = f"(could not run: {error})"
+        report.sections.append((f"kubectl {' '.join(args)}", shown.strip() or "(nothing)"))
+
+
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     skipped = config.stash.get(_SKIPPED, None)
     if skipped is not None:
