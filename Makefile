@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make test      venv + test binaries + lint + format check + mypy + the whole test suite"
-	@echo "make lint      ruff check, ruff format --check, mypy --strict modelcache"
+	@echo "make lint      ruff check, ruff format --check, mypy --strict modelcache, lint-imports (layering)"
 	@echo "make testenv   build (or reuse) kube-apiserver, etcd, kubectl, helm, kubelet & co and the images in ~/.cache/modelcache"
 	@echo "make e2e       the tests on a real cluster with kubelet nodes (tests/cluster; root)"
 	@echo "make unit      fast tests, no services"
@@ -36,6 +36,7 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict modelcache
+	$(BIN)/lint-imports
 
 format: venv
 	$(BIN)/ruff check --fix .

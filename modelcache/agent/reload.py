@@ -19,6 +19,11 @@ class ReloadResult:
     reason: str | None
     seconds: float
 
+    @property
+    def answered(self) -> bool:
+        """The pod answered (a refusal is a verdict); False: not listening yet, or gone."""
+        return self.status is not None
+
 
 def call_reload(
     url: str, *, model: str, version: str, path: Path, timeout: float = 30.0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from modelcache.agent.engine import CacheEngine, VerifyReport
 from modelcache.sources.base import SourceError
@@ -22,14 +23,15 @@ class Scrubber:
 
     def __init__(
         self,
-        engine: CacheEngine,
+        engine: CacheEngine | Callable[[], CacheEngine],
         *,
         bytes_per_second: float,
         pass_interval: float,
         repair: bool,
         stop: threading.Event,
     ) -> None:
-        self.engine = engine
+        # A callable follows the agent's current engine (node.yaml may replace it).
+        self._engine = engine if callable(engine) else (lambda: engine)
         self.bytes_per_second = bytes_per_second
         self.pass_interval = pass_interval
         self.repair = repair
@@ -57,16 +59,15 @@ class Scrubber:
     def run_pass(self) -> VerifyReport:
         """One pass over every version of every model, pausing to stay inside the budget."""
         report = VerifyReport()
-        store = self.engine.store
+        engine = self._engine()
+        store = engine.store
         for model in store.models():
             for installed in store.versions(model):
                 for entry in store.manifest(model, installed.version).files:
                     if self.stop.is_set():
                         return report
                     began = time.monotonic()
-                    self.engine.verify_file(
-                        model, installed.version, entry, report, repair=self.repair
-                    )
+                    engine.verify_file(model, installed.version, entry, report, repair=self.repair)
                     owed = entry.size / self.bytes_per_second - (time.monotonic() - began)
                     if owed > 0:
                         self.stop.wait(owed)

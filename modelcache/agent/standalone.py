@@ -1,10 +1,10 @@
 """`modelcache agent --config node.yaml`: hold the configured models, without Kubernetes.
 
-A loop: re-read the config when it changes (and every `resync_seconds`), pull
-the active and prefetch versions, flip, call the reload URLs until each has
-acknowledged the live version, apply retention, collect garbage. A scrubber
-thread re-verifies held files within an I/O budget. Errors are events, never exits:
-the next resync retries.
+An adapter around `NodeReconciler` (which owns the policy, as in the Kubernetes agent):
+the desired state comes from node.yaml (re-read when it changes, and every
+`resync_seconds`), the reload targets are its URLs, the report goes to the metrics and
+the event log. A scrubber thread re-verifies held files within an I/O budget. Errors are
+events, never exits: failed pulls are retried with backoff.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from modelcache.agent.config import AgentConfig, ConfigError, ModelConfig, load_
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import Event, EventLog
 from modelcache.agent.metrics import AgentMetrics
-from modelcache.agent.reload import call_reload
+from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint
 from modelcache.agent.scrubber import Scrubber
 from modelcache.api.names import parse_model_ref
 from modelcache.sources.base import SourceError
@@ -36,12 +36,33 @@ def model_ref(config: ModelConfig) -> ModelRef:
     return ModelRef(namespace, name)
 
 
+def desired(config: ModelConfig) -> DesiredModel:
+    return DesiredModel(
+        model=model_ref(config),
+        source=config.source,
+        active=config.version,
+        versions=tuple(dict.fromkeys([config.version, *config.prefetch])),
+        pins=tuple(config.pin),
+        retain=config.retain,
+        reload=bool(config.reload),
+        reload_timeout=config.reload_timeout_seconds,
+    )
+
+
+def _endpoints(config: AgentConfig) -> dict[str, list[ReloadEndpoint]]:
+    return {
+        str(model_ref(m)): [ReloadEndpoint(name=url, url=url) for url in m.reload]
+        for m in config.models
+    }
+
+
 class StandaloneAgent:
     """The daemon. `run()` blocks until `stop` is set (SIGTERM in the CLI)."""
 
     def __init__(self, config_path: Path, *, stdout_events: bool = True) -> None:
         self.config_path = config_path
         self.stop = threading.Event()
+        self._wake = threading.Event()
         self.config = load_config(config_path)
         self._config_mtime = config_path.stat().st_mtime_ns
         self.metrics = AgentMetrics()
@@ -50,7 +71,12 @@ class StandaloneAgent:
         )
         self.events.subscribe(self.metrics.observe)
         self.engine = self._make_engine(self.config)
-        self.acknowledged: dict[tuple[str, str], str] = {}  # (model, reload URL) -> live version
+        self._reload_urls = _endpoints(self.config)
+        self.reconciler = NodeReconciler(
+            self.engine,
+            reload_targets=lambda d: self._reload_urls.get(d.key, []),
+            on_pull_end=self._wake.set,
+        )
         self.reconciles = 0
         self.metrics_server: WSGIServer | None = None
 
@@ -75,7 +101,7 @@ class StandaloneAgent:
         scrubber: Scrubber | None = None
         if self.config.verify.enabled:
             scrubber = Scrubber(
-                self.engine,
+                lambda: self.engine,
                 bytes_per_second=self.config.verify.max_bytes_per_second,
                 pass_interval=self.config.verify.pass_interval_seconds,
                 repair=self.config.verify.repair,
@@ -89,10 +115,12 @@ class StandaloneAgent:
         try:
             while not self.stop.is_set():
                 changed = self._reload_config_if_changed()
-                if changed or time.monotonic() >= next_sync:
-                    self.reconcile()
-                    next_sync = time.monotonic() + self.config.resync_seconds
-                self.stop.wait(self.config.poll_seconds)
+                if changed or self._wake.is_set() or time.monotonic() >= next_sync:
+                    self._wake.clear()
+                    again = self.reconcile()
+                    wait = self.config.resync_seconds if again is None else again
+                    next_sync = time.monotonic() + min(wait, self.config.resync_seconds)
+                self._wake.wait(self.config.poll_seconds)
         finally:
             self.stop.set()
             if scrubber is not None:
@@ -101,6 +129,25 @@ class StandaloneAgent:
                 self.metrics_server.shutdown()
                 self.metrics_server.server_close()
             self.events.close()
+
+    def run_once(self, timeout: float | None = None) -> bool:
+        """`agent --once`: pull, flip, reload, retain and collect, then return. True when
+        every model is live on its version and every reload target acknowledged it."""
+        self.reconcile()
+        self.reconciler.wait_idle(timeout)
+        self.reconcile()
+        done = True
+        for config in self.config.models:
+            report = self.reconciler.report(desired(config))
+            if report.reloaded != config.version:
+                done = False
+                for version in report.versions:
+                    if version.state == "Failed":
+                        log.error("%s %s: %s", config.name, version.version, version.message)
+                for reload in report.reloads:
+                    if not reload.ok:
+                        log.error("%s: reload %s: %s", config.name, reload.target, reload.reason)
+        return done
 
     def _reload_config_if_changed(self) -> bool:
         try:
@@ -116,67 +163,36 @@ class StandaloneAgent:
         except ConfigError as error:
             self.events.emit(Event.ERROR, operation="config", error=str(error))
             return False
+        if _engine_settings(config) != _engine_settings(self.config):
+            # Pulls in flight finish on the old engine; the scrubber follows `self.engine`.
+            self.engine = self._make_engine(config)
+            self.reconciler.engine = self.engine
         self.config = config
-        self.engine = self._make_engine(config)
+        self._reload_urls = _endpoints(config)
         self.events.emit(Event.CONFIG, config=str(self.config_path), models=len(config.models))
         return True
 
-    def reconcile(self) -> None:
-        """Make the disk and the pods match the config, model by model; errors are events."""
-        for model_config in self.config.models:
-            try:
-                self._reconcile_model(model_config)
-            except (SourceError, StoreError, OSError) as error:
-                self.events.emit(
-                    Event.ERROR, operation="reconcile", model=model_config.name, error=str(error)
-                )
+    def reconcile(self) -> float | None:
+        """One step of the node reconciler; errors are events. Returns when a retry is due."""
+        again: float | None = None
+        try:
+            again = self.reconciler.step([desired(m) for m in self.config.models])
+        except (SourceError, StoreError, OSError) as error:
+            self.events.emit(Event.ERROR, operation="reconcile", error=str(error))
+        for config in self.config.models:
+            live = self.engine.store.current(model_ref(config))
+            if live is not None:
+                self.metrics.set_live(str(model_ref(config)), live)
         self._record_disk()
         self.reconciles += 1
-
-    def _reconcile_model(self, config: ModelConfig) -> None:
-        engine, model = self.engine, model_ref(config)
-        engine.pull(model, config.source, config.version)
-        for version in config.prefetch:
-            engine.pull(model, config.source, version)
-        for version in config.pin:
-            if engine.store.has_version(model, version):
-                engine.store.pin(model, version)
-        if engine.store.current(model) != config.version:
-            engine.flip(model, config.version)
-        self.metrics.set_live(str(model), config.version)
-        self._reload(model, config)
-        engine.retain(model, config.retain, {config.version, *config.prefetch, *config.pin})
-        engine.gc()
-
-    def _reload(self, model: ModelRef, config: ModelConfig) -> None:
-        """Call each reload URL that has not yet acknowledged the live version."""
-        live = config.version
-        for url in config.reload:
-            if self.acknowledged.get((str(model), url)) == live:
-                continue
-            result = call_reload(
-                url,
-                model=str(model),
-                version=live,
-                path=self.engine.store.current_path(model),
-                timeout=config.reload_timeout_seconds,
-            )
-            self.events.emit(
-                Event.RELOAD,
-                model=str(model),
-                version=live,
-                url=url,
-                ok=result.ok,
-                status=result.status,
-                live_version=result.live_version,
-                reason=result.reason,
-                seconds=round(result.seconds, 3),
-            )
-            if result.ok:
-                self.acknowledged[(str(model), url)] = live
+        return again
 
     def _record_disk(self) -> None:
         usage = self.engine.store.usage()
         self.metrics.disk_bytes.labels("total").set(usage.total_bytes)
         self.metrics.disk_bytes.labels("free").set(usage.free_bytes)
         self.metrics.disk_bytes.labels("blobs").set(usage.blob_bytes)
+
+
+def _engine_settings(config: AgentConfig) -> tuple[object, ...]:
+    return (config.root, config.high_watermark, config.pull)

@@ -96,6 +96,8 @@ class ModelVersionSpec(CRDModel):
         ),
     ]
     prefetch: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list)
+    # Kept on every node whatever `retain` says, once held (a known-good fallback).
+    pin: list[Annotated[str, Field(max_length=128)]] = Field(default_factory=list)
     node_selector: LabelSelector = LabelSelector()
     retain: Annotated[
         int, Field(json_schema_extra=_cel("self >= 1", "retain must be at least 1"))
@@ -108,7 +110,7 @@ class ModelVersionSpec(CRDModel):
     def _version(cls, value: str) -> str:
         return check_version(value)
 
-    @field_validator("prefetch")
+    @field_validator("prefetch", "pin")
     @classmethod
     def _prefetch(cls, values: list[str]) -> list[str]:
         return [check_version(v) for v in values]

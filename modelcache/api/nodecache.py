@@ -30,6 +30,7 @@ class NodeModel(CRDModel):
     versions: list[str]
     active: str | None = None
     retain: Annotated[int, Field(ge=1)] = 5
+    pins: list[str] = Field(default_factory=list)  # never removed by retention
     reload: ReloadTarget | None = None
 
     @property
@@ -57,6 +58,9 @@ class PodReload(CRDModel):
     version: str
     ok: bool
     reason: str | None = None
+    # False: the pod did not answer (still starting, restarting). Retried by the agent and
+    # not a failure of the rollout, which gives up on it only at the wave timeout.
+    answered: bool = True
     at: dt.datetime
 
 

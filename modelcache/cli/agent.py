@@ -98,8 +98,12 @@ def _standalone(config: Path, *, once: bool) -> None:
 
     daemon = StandaloneAgent(config)
     if once:
-        daemon.reconcile()
-        daemon.events.close()
+        try:
+            done = daemon.run_once()
+        finally:
+            daemon.events.close()
+        if not done:  # what failed is on the lines above; cron and init containers see 1
+            raise typer.Exit(1)
         return
     _stop_on_signals(daemon.stop.set)
     daemon.run()

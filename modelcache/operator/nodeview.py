@@ -32,7 +32,7 @@ def observation(status: NodeCacheStatus | None, namespace: str, name: str) -> No
                     (
                         r.reason or "reload failed"
                         for r in model.reloads
-                        if not r.ok and r.version == model.active
+                        if not r.ok and r.answered and r.version == model.active
                     ),
                     None,
                 ),
@@ -59,6 +59,7 @@ def desired_entry(
         versions=list(assignment.versions),
         active=assignment.active,
         retain=spec.retain,
+        pins=list(spec.pin),
         reload=reload,
     )
 

@@ -1,4 +1,4 @@
-"""`LayerBinding`: how `LoraSlots` reaches into one kind of LoRA layer, and where to find them.
+"""`LayerBinding`: how `LoraSlots` reaches into one kind of LoRA layer.
 
 The slots need the same three things from every layer kind: its current A (max_rank, in)
 and B (out, max_rank) tensors and scale, a way to make the layer use views into the
@@ -6,24 +6,16 @@ packed flat buffers instead (`bind`, once, when the runtime is built), and a way
 whatever the layer keeps outside tensors (a PEFT layer's python-float `scaling`, its
 `r`/`lora_alpha` bookkeeping) when a swap goes live (`settle`, inside the request
 boundary). Our own `LoraLinear` keeps everything in tensors, so its `settle` does nothing.
-
-PEFT layers are looked for only when `peft` is already imported: a model cannot hold a
-PEFT layer otherwise, and `import modelcache.runtime` must work without peft installed.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from modelcache.runtime.lora import LoraLinear
-
-if TYPE_CHECKING:
-    from modelcache.runtime.plan import LayerPlan
+from modelcache.runtime.plan_types import LayerPlan
 
 PEFT_MODEL_PREFIX = "base_model.model."  # PeftModel's module names; PEFT strips it when saving
 
@@ -85,26 +77,6 @@ class LoraLinearBinding(LayerBinding):
     def bind(self, a: torch.Tensor, b: torch.Tensor, scale: torch.Tensor) -> None:
         self.layer.lora_A, self.layer.lora_B = a, b
         self.layer.lora_scaling = scale
-
-
-def find_bindings(model: nn.Module) -> list[tuple[str, LayerBinding]]:
-    """Every LoRA layer of `model` with its slot name (the name PEFT saves its keys under).
-
-    Raises ValueError for PEFT LoRA layers the slots cannot serve (see peft_layers)."""
-    found: list[tuple[str, LayerBinding]] = [
-        (name, LoraLinearBinding(module))
-        for name, module in model.named_modules()
-        if isinstance(module, LoraLinear)
-    ]
-    if sys.modules.get("peft") is not None:
-        from modelcache.runtime.peft_layers import peft_bindings  # noqa: PLC0415 - optional
-
-        found.extend(peft_bindings(model))
-    return [(_slot_name(name), binding) for name, binding in found]
-
-
-def _slot_name(name: str) -> str:
-    return name.removeprefix(PEFT_MODEL_PREFIX)
 
 
 def check_unique(names: Sequence[str]) -> None:

@@ -41,8 +41,7 @@ from typing import Any
 from torch import nn
 
 from modelcache.runtime.errors import SwapRefused
-from modelcache.runtime.runtime import SettingsReader
-from modelcache.runtime.settings import AdapterSettings, settings_from_mapping
+from modelcache.runtime.settings import AdapterSettings, SettingsReader, settings_from_mapping
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from modelcache.runtime.bindings import LayerBinding
-from modelcache.runtime.plan import LayerPlan
+from modelcache.runtime.plan_types import LayerPlan
 
 
 class PeftLinearBinding(LayerBinding):

@@ -9,12 +9,13 @@ formats (diffusers/kohya) map onto the same plan through `KeyMap`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 
 from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.plan_types import AdapterPlan, LayerPlan, Slot
 from modelcache.runtime.safetensors_format import DTYPE_NAMES, Header, TensorEntry
 from modelcache.runtime.settings import LayerSettings
-from modelcache.runtime.slots import Slot
+
+__all__ = ["AdapterPlan", "KeyMap", "LayerPlan", "make_plan", "peft_keys"]
 
 PEFT_PREFIX = "base_model.model."
 A_SUFFIX = ".lora_A.weight"
@@ -31,27 +32,6 @@ def peft_keys(key: str) -> tuple[str, str] | None:
         if name.endswith(suffix):
             return name[: -len(suffix)], part
     return None
-
-
-@dataclass(frozen=True)
-class LayerPlan:
-    """What goes into one slot: the rank-r tensors A (r, in) and B (out, r), and the scale."""
-
-    slot: Slot
-    rank: int
-    scaling: float
-    a: TensorEntry
-    b: TensorEntry
-    alpha: float = 0.0  # what the scale came from, for layers that keep them (PEFT)
-    use_rslora: bool = False
-
-
-@dataclass(frozen=True)
-class AdapterPlan:
-    """Every targeted slot's content; slots absent from `layers` are zeroed (no LoRA there)."""
-
-    layers: Mapping[str, LayerPlan]
-    by_tensor: Mapping[str, tuple[LayerPlan, str]]  # tensor name -> (its layer, "A" or "B")
 
 
 def make_plan(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,6 +29,7 @@ from modelcache.runtime.plan import AdapterPlan, KeyMap, make_plan, peft_keys
 from modelcache.runtime.safetensors_format import read_header
 from modelcache.runtime.settings import (
     LayerSettings,
+    SettingsReader,
     settings_from_config,
     settings_from_metadata,
 )
@@ -37,9 +38,6 @@ from modelcache.runtime.source import ADAPTER_CONFIG, open_version
 from modelcache.runtime.staging import Staging
 
 log = logging.getLogger(__name__)
-
-# (adapter_config.json bytes or None, safetensors metadata, version dir) -> settings
-SettingsReader = Callable[[bytes | None, Mapping[str, str], Path], LayerSettings]
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from modelcache.runtime.errors import SwapRefused
@@ -47,6 +48,10 @@ class LayerSettings(Protocol):
     def describe_targets(self, layer: str | None) -> str:
         """The target modules that apply to `layer` (None: all), for messages."""
         ...
+
+
+# (adapter_config.json bytes or None, safetensors metadata, version dir) -> settings
+SettingsReader = Callable[[bytes | None, Mapping[str, str], Path], LayerSettings]
 
 
 @dataclass(frozen=True)

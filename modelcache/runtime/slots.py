@@ -12,49 +12,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from modelcache.runtime.bindings import LayerBinding, check_unique, find_bindings
+from modelcache.runtime.bindings import LayerBinding, check_unique
+from modelcache.runtime.discovery import find_bindings
+from modelcache.runtime.plan_types import AdapterPlan, Slot
 
-if TYPE_CHECKING:
-    from modelcache.runtime.plan import AdapterPlan
+__all__ = ["ALIGN_BYTES", "LoraSlots", "Slot", "SlotLayout"]
 
 ALIGN_BYTES = 128  # each region starts on a 128-byte boundary, as GEMM kernels prefer
-
-
-@dataclass(frozen=True)
-class Slot:
-    """One layer's LoRA slot; offsets are in elements of its dtype's flat buffer."""
-
-    name: str
-    index: int  # position in the scales buffer
-    in_features: int
-    out_features: int
-    max_rank: int
-    dtype: torch.dtype
-    a_offset: int
-    b_offset: int
-
-    @property
-    def a_numel(self) -> int:
-        return self.max_rank * self.in_features
-
-    @property
-    def b_numel(self) -> int:
-        return self.out_features * self.max_rank
-
-    def a_view(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[self.a_offset : self.a_offset + self.a_numel].view(
-            self.max_rank, self.in_features
-        )
-
-    def b_view(self, flat: torch.Tensor) -> torch.Tensor:
-        return flat[self.b_offset : self.b_offset + self.b_numel].view(
-            self.out_features, self.max_rank
-        )
 
 
 @dataclass(frozen=True)

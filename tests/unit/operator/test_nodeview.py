@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from modelcache.api.modelversion import HistoryEntry, ModelVersionSpec
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus, NodeModel
 from modelcache.operator.nodeview import desired_entry, observation, with_entry, without_entry
-from modelcache.operator.planner import Assignment
+from modelcache.operator.planner import Assignment, NodeObservation
 from modelcache.operator.rollback import NoRollbackTarget, previous_version
 
 NOW = dt.datetime(2026, 11, 24, tzinfo=dt.UTC)
@@ -71,6 +71,19 @@ def test_observation_reads_cached_active_reloaded_and_failures() -> None:
     assert (seen.active, seen.reloaded, seen.reload_error) == ("v2", None, "bad rank")
     assert observation(status, "studio", "other").cached == frozenset()
     assert observation(None, "studio", "lora").active is None
+
+
+def test_a_pod_that_did_not_answer_its_reload_is_not_a_failure() -> None:
+    """A pod still starting when its node flips: the agent retries, the wave timeout decides."""
+    reload = {"pod": "studio-0", "version": "v2", "ok": False, "at": NOW.isoformat()}
+    model = {"namespace": "studio", "name": "lora", "active": "v2", "versions": []}
+
+    def seen(**fields: object) -> NodeObservation:
+        status = {"models": [{**model, "reloads": [{**reload, **fields}]}]}
+        return observation(NodeCacheStatus.model_validate(status), "studio", "lora")
+
+    assert seen(answered=False, reason="unreachable: connection refused").reload_error is None
+    assert seen(reason="LoRA rank 16 does not fit slot rank 8").reload_error is not None
 
 
 def test_desired_entry_carries_source_retention_and_reload_target() -> None:
