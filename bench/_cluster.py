@@ -210,7 +210,7 @@ def operator_pacing() -> str:
     """The operator's reconcile intervals, printed with every figure that depends on them."""
     return (
         f"operator: ACTIVE_INTERVAL {handlers.ACTIVE_INTERVAL} s, "
-        f"WAITING_INTERVAL {handlers.WAITING_INTERVAL} s, "
+        f"WAITING_INTERVAL {getattr(handlers, 'WAITING_INTERVAL', 'until the next deadline')}, "
         f"SETTLED_INTERVAL {handlers.SETTLED_INTERVAL} s"
     )
 

@@ -7,15 +7,30 @@ downloading only blobs the node does not have, and reports every step as an even
 
 from __future__ import annotations
 
-import json
-import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from modelcache.agent.events import Event, EventLog
+from modelcache.agent.events import (
+    AlreadyCached,
+    Collected,
+    EventLog,
+    Evicted,
+    Failed,
+    FileFetched,
+    Flipped,
+    Installed,
+    ModelRemoved,
+    Pinned,
+    PullEnded,
+    PullStarted,
+    Repaired,
+    Unpinned,
+    VerifyFailed,
+    Warmed,
+)
 from modelcache.api.manifest import Manifest, ManifestFile
 from modelcache.sources.base import Credentials, ObjectClient, SourceError
 from modelcache.sources.download import (
@@ -27,8 +42,6 @@ from modelcache.sources.download import (
 from modelcache.sources.publish import read_manifest
 from modelcache.sources.registry import open_source
 from modelcache.store import ModelRef, Store, StoreError
-
-SOURCE_RECORD = "source.json"
 
 
 class PullProgress(Protocol):
@@ -122,19 +135,10 @@ class CacheEngine:
 
     def remember_source(self, model: ModelRef, url: str) -> None:
         """Record where a model comes from, so `use`, `verify` can reach L3 later."""
-        directory = self.store.current_path(model).parent
-        directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{SOURCE_RECORD}.tmp"
-        tmp.write_text(json.dumps({"url": url}))
-        os.replace(tmp, directory / SOURCE_RECORD)
+        self.store.record_source(model, url)
 
     def source_of(self, model: ModelRef) -> str | None:
-        try:
-            data = json.loads((self.store.current_path(model).parent / SOURCE_RECORD).read_text())
-        except (OSError, ValueError):
-            return None
-        url = data.get("url")
-        return url if isinstance(url, str) else None
+        return self.store.source(model)
 
     # -- L3 -> L2 -------------------------------------------------------------------------
     def pull(
@@ -151,13 +155,13 @@ class CacheEngine:
         self.remember_source(model, url)
         if self.store.has_version(model, version):
             files = len(self.store.manifest(model, version).files)
-            self.events.emit(Event.L2_HIT, model=str(model), version=version, files=files)
+            self.events.emit(AlreadyCached(model=str(model), version=version, files=files))
             return PullResult(model, version, files, 0, 0, 0.0, already_installed=True)
         try:
             return self._download(model, url, version, shown, credentials)
         except (SourceError, StoreError) as error:  # every failed pull is an event, early or late
             self.events.emit(
-                Event.ERROR, operation="pull", model=str(model), version=version, error=str(error)
+                Failed(operation="pull", model=str(model), version=version, error=str(error))
             )
             raise
 
@@ -176,13 +180,14 @@ class CacheEngine:
         self.store.ensure_space(needed)
         started = time.monotonic()
         self.events.emit(
-            Event.PULL_START,
-            model=str(model),
-            version=version,
-            source=str(client.url),
-            files=len(manifest.files),
-            files_to_download=len(missing),
-            bytes_to_download=needed,
+            PullStarted(
+                model=str(model),
+                version=version,
+                source=str(client.url),
+                files=len(manifest.files),
+                files_to_download=len(missing),
+                bytes_to_download=needed,
+            )
         )
         shown.start(str(model), version, needed, len(missing))
         downloaded = 0
@@ -196,20 +201,21 @@ class CacheEngine:
             shown.finish()
         seconds = time.monotonic() - started
         self.events.emit(
-            Event.PULL_END,
-            model=str(model),
-            version=version,
-            scheme=client.url.scheme,
-            files_downloaded=len(missing),
-            files_cached=len(manifest.files) - len(missing),
-            bytes_downloaded=downloaded,
-            seconds=round(seconds, 3),
-            rate_bytes_per_second=round(downloaded / seconds) if seconds > 0 else None,
+            PullEnded(
+                model=str(model),
+                version=version,
+                scheme=client.url.scheme,
+                files_downloaded=len(missing),
+                files_cached=len(manifest.files) - len(missing),
+                bytes_downloaded=downloaded,
+                seconds=round(seconds, 3),
+                rate_bytes_per_second=round(downloaded / seconds) if seconds > 0 else None,
+            )
         )
-        self.events.emit(Event.INSTALL, model=str(model), version=version)
+        self.events.emit(Installed(model=str(model), version=version))
         if self.warm_after_pull:
             warmed = self.store.warm(model, version)
-            self.events.emit(Event.WARMUP, model=str(model), version=version, bytes=warmed)
+            self.events.emit(Warmed(model=str(model), version=version, bytes=warmed))
         return PullResult(
             model,
             version,
@@ -256,17 +262,16 @@ class CacheEngine:
                 )
             except VerificationError:
                 self.events.emit(
-                    Event.VERIFY_FAILED, model=str(model), version=version, file=entry.path
+                    VerifyFailed(
+                        model=str(model), version=version, file=entry.path, sha256=entry.sha256
+                    )
                 )
                 raise
             self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
         self.events.emit(
-            Event.FILE_FETCHED,
-            model=str(model),
-            version=version,
-            file=entry.path,
-            bytes=entry.size,
-            sha256=sha256,
+            FileFetched(
+                model=str(model), version=version, file=entry.path, bytes=entry.size, sha256=sha256
+            )
         )
         return received.total
 
@@ -274,7 +279,7 @@ class CacheEngine:
     def flip(self, model: ModelRef, version: str) -> str | None:
         """Point `current` at an installed version; returns the version it pointed at."""
         old = self.store.flip(model, version)
-        self.events.emit(Event.FLIP, model=str(model), version=version, previous=old)
+        self.events.emit(Flipped(model=str(model), version=version, previous=old))
         return old
 
     def use(
@@ -303,7 +308,7 @@ class CacheEngine:
         """Flip back to `previous`: no download, by construction."""
         old = self.store.current(model)
         new = self.store.rollback(model)
-        self.events.emit(Event.FLIP, model=str(model), version=new, previous=old, rollback=True)
+        self.events.emit(Flipped(model=str(model), version=new, previous=old, rollback=True))
         return new, old
 
     # -- L2: integrity ----------------------------------------------------------------------
@@ -336,11 +341,7 @@ class CacheEngine:
             return
         report.corrupt.append(entry.sha256)
         self.events.emit(
-            Event.VERIFY_FAILED,
-            model=str(model),
-            version=version,
-            file=entry.path,
-            sha256=entry.sha256,
+            VerifyFailed(model=str(model), version=version, file=entry.path, sha256=entry.sha256)
         )
         source = self.source_of(model) if repair else None
         if source is None:
@@ -362,24 +363,46 @@ class CacheEngine:
         relinked = self.store.relink(entry.sha256)
         report.repaired.append(entry.sha256)
         self.events.emit(
-            Event.REPAIR,
-            model=str(model),
-            version=version,
-            file=entry.path,
-            sha256=entry.sha256,
-            relinked=relinked,
+            Repaired(
+                model=str(model),
+                version=version,
+                file=entry.path,
+                sha256=entry.sha256,
+                relinked=relinked,
+            )
         )
 
     # -- L2: retention ----------------------------------------------------------------------
     def retain(self, model: ModelRef, keep: int, protect: Iterable[str] = ()) -> list[str]:
         removed = self.store.retain(model, keep, protect)
         for version in removed:
-            self.events.emit(Event.EVICT, model=str(model), version=version)
+            self.events.emit(Evicted(model=str(model), version=version))
         return removed
+
+    def remove_model(self, model: ModelRef) -> list[str]:
+        """Delete a model entirely (its ModelVersion is gone); returns the versions removed."""
+        removed = self.store.remove_model(model)
+        self.events.emit(ModelRemoved(model=str(model), versions=tuple(removed)))
+        return removed
+
+    def pin(self, model: ModelRef, version: str) -> bool:
+        """Keep `version` through retention; False when it already was pinned."""
+        if version in self.store.pins(model):
+            return False
+        self.store.pin(model, version)
+        self.events.emit(Pinned(model=str(model), version=version))
+        return True
+
+    def unpin(self, model: ModelRef, version: str) -> bool:
+        if version not in self.store.pins(model):
+            return False
+        self.store.unpin(model, version)
+        self.events.emit(Unpinned(model=str(model), version=version))
+        return True
 
     def gc(self) -> int:
         result = self.store.gc()
         freed = result.blob_bytes_freed + result.tmp_bytes_freed + result.quarantine_bytes_freed
         if result.blobs_removed or result.tmp_removed or result.quarantine_removed:
-            self.events.emit(Event.GC, bytes_freed=freed, blobs_removed=result.blobs_removed)
+            self.events.emit(Collected(bytes_freed=freed, blobs_removed=result.blobs_removed))
         return freed

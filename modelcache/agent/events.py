@@ -1,19 +1,23 @@
-"""The cache event log: one JSON line per event, to a file and to stdout.
+"""The cache event log: one typed event per change, one JSON line each, to a file and stdout.
 
-Event names follow the case's operators' vocabulary (L2_SYNC, L1_LOAD...), so
-the log reads like theirs: `{"ts": ..., "event": "L2_FLIP", "model": ..., ...}`.
+Each kind of event is one dataclass below, so what an event carries is written once: the
+engine builds them, the log writes them, the metrics read their fields by attribute.
+Event names follow the case's operators' vocabulary (L2_SYNC, L1_LOAD...), so the log
+reads like theirs: `{"ts": ..., "event": "L2_FLIP", "model": ..., ...}`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 
 class Event(StrEnum):
@@ -28,17 +32,189 @@ class Event(StrEnum):
     FLIP = "L2_FLIP"
     WARMUP = "L2_WARMUP"
     EVICT = "L2_EVICT"
+    REMOVE = "L2_REMOVE"
+    PIN = "L2_PIN"
+    UNPIN = "L2_UNPIN"
     GC = "L2_GC"
     RELOAD = "L1_RELOAD"
     CONFIG = "AGENT_CONFIG"
     ERROR = "ERROR"
 
 
-Listener = Callable[[dict[str, Any]], None]
+@dataclass(frozen=True, kw_only=True)
+class CacheEvent:
+    """One event; `kind` is its name in the log, the fields its JSON keys."""
+
+    kind: ClassVar[Event]
+
+    def fields(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullStarted(CacheEvent):
+    kind = Event.PULL_START
+    model: str
+    version: str
+    source: str
+    files: int
+    files_to_download: int
+    bytes_to_download: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullEnded(CacheEvent):
+    kind = Event.PULL_END
+    model: str
+    version: str
+    scheme: str
+    files_downloaded: int
+    files_cached: int
+    bytes_downloaded: int
+    seconds: float
+    rate_bytes_per_second: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class FileFetched(CacheEvent):
+    kind = Event.FILE_FETCHED
+    model: str
+    version: str
+    file: str
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class AlreadyCached(CacheEvent):
+    """A pull of a version the node already holds: nothing downloaded."""
+
+    kind = Event.L2_HIT
+    model: str
+    version: str
+    files: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyFailed(CacheEvent):
+    kind = Event.VERIFY_FAILED
+    model: str
+    version: str
+    file: str
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Repaired(CacheEvent):
+    kind = Event.REPAIR
+    model: str
+    version: str
+    file: str
+    sha256: str
+    relinked: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Installed(CacheEvent):
+    kind = Event.INSTALL
+    model: str
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Warmed(CacheEvent):
+    kind = Event.WARMUP
+    model: str
+    version: str
+    bytes: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Flipped(CacheEvent):
+    kind = Event.FLIP
+    model: str
+    version: str
+    previous: str | None
+    rollback: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Evicted(CacheEvent):
+    """A version removed by retention."""
+
+    kind = Event.EVICT
+    model: str
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelRemoved(CacheEvent):
+    """A whole model removed (its ModelVersion deleted, the node no longer selected)."""
+
+    kind = Event.REMOVE
+    model: str
+    versions: tuple[str, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Pinned(CacheEvent):
+    kind = Event.PIN
+    model: str
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unpinned(CacheEvent):
+    kind = Event.UNPIN
+    model: str
+    version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Collected(CacheEvent):
+    """Unreferenced blobs, old partial downloads and quarantined files deleted."""
+
+    kind = Event.GC
+    bytes_freed: int
+    blobs_removed: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReloadCalled(CacheEvent):
+    kind = Event.RELOAD
+    model: str
+    version: str
+    target: str  # the pod's name, or the URL in standalone mode
+    url: str
+    ok: bool
+    status: int | None
+    live_version: str | None
+    reason: str | None
+    seconds: float
+
+
+@dataclass(frozen=True, kw_only=True)
+class ConfigLoaded(CacheEvent):
+    kind = Event.CONFIG
+    config: str
+    models: int
+    started: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class Failed(CacheEvent):
+    kind = Event.ERROR
+    operation: str
+    error: str
+    model: str | None = None
+    version: str | None = None
+
+
+Listener = Callable[[CacheEvent], None]
 
 
 class EventLog:
-    """Thread-safe JSON-lines sink; listeners see every record (metrics, tests)."""
+    """Thread-safe JSON-lines sink; listeners see every event (metrics, tests)."""
 
     def __init__(
         self, path: Path | None = None, *, stdout: bool = False, node: str | None = None
@@ -56,14 +232,14 @@ class EventLog:
     def subscribe(self, listener: Listener) -> None:
         self._listeners.append(listener)
 
-    def emit(self, event: Event, **fields: Any) -> dict[str, Any]:
+    def emit(self, event: CacheEvent) -> dict[str, Any]:
         record: dict[str, Any] = {
             "ts": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"),
-            "event": str(event),
+            "event": str(event.kind),
         }
         if self.node is not None:
             record["node"] = self.node
-        record.update(fields)
+        record.update(event.fields())
         line = json.dumps(record, default=str, separators=(",", ":"))
         with self._lock:
             if self._file is not None:
@@ -73,7 +249,7 @@ class EventLog:
                 sys.stdout.write(line + "\n")
                 sys.stdout.flush()
             for listener in self._listeners:
-                listener(record)
+                listener(event)
         return record
 
     def close(self) -> None:

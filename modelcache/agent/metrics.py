@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from modelcache.agent.events import Event
+from modelcache.agent.events import (
+    AlreadyCached,
+    CacheEvent,
+    Collected,
+    Evicted,
+    Failed,
+    Flipped,
+    ModelRemoved,
+    PullEnded,
+    PullStarted,
+    ReloadCalled,
+    VerifyFailed,
+)
 
 
 class AgentMetrics:
@@ -58,44 +68,51 @@ class AgentMetrics:
             ["kind"],
             registry=r,
         )
+        self.collected_bytes = Counter(
+            "modelcache_collected_bytes",
+            "Bytes freed by blob collection (unreferenced blobs, old partials).",
+            registry=r,
+        )
         self.pulls_in_progress = Gauge(
             "modelcache_pulls_in_progress", "Versions being pulled now.", registry=r
         )
         self._live: dict[str, str] = {}
         self._pulling: set[tuple[str, str]] = set()  # (model, version) started, not yet ended
 
-    def observe(self, record: dict[str, Any]) -> None:
+    def observe(self, event: CacheEvent) -> None:
         """Event-log listener: turn cache events into metric updates."""
-        event = record.get("event")
-        model = str(record.get("model", ""))
-        if event == Event.PULL_START:
-            self._pulling.add((model, str(record.get("version"))))
-            self.pulls_in_progress.set(len(self._pulling))
-        elif event == Event.PULL_END:
-            self._pulling.discard((model, str(record.get("version"))))
-            self.pulls_in_progress.set(len(self._pulling))
-            scheme = str(record.get("scheme", ""))
-            self.source_bytes.labels(model, scheme).inc(record.get("bytes_downloaded", 0))
-            self.source_seconds.labels(model, scheme).inc(record.get("seconds", 0.0))
-            self.tier_requests.labels(model, "L2", "hit").inc(record.get("files_cached", 0))
-            self.tier_requests.labels(model, "L2", "miss").inc(record.get("files_downloaded", 0))
-        elif event == Event.L2_HIT:
-            self.tier_requests.labels(model, "L2", "hit").inc(record.get("files", 0))
-        elif event == Event.VERIFY_FAILED:
-            self.verify_failures.labels(model).inc()
-        elif event == Event.FLIP:
-            self.flips.labels(model).inc()
-            self.set_live(model, str(record["version"]))
-        elif event == Event.RELOAD:
-            self.reloads.labels(model, "ok" if record.get("ok") else "failed").inc()
-        elif event == Event.EVICT:
-            self.evictions.labels(model).inc()
-        elif event == Event.ERROR:
-            operation = str(record.get("operation", "unknown"))
-            self.errors.labels(operation).inc()
-            if operation == "pull":  # failed before or after its PULL_START
-                self._pulling.discard((model, str(record.get("version"))))
+        match event:
+            case PullStarted():
+                self._pulling.add((event.model, event.version))
                 self.pulls_in_progress.set(len(self._pulling))
+            case PullEnded():
+                self._pulling.discard((event.model, event.version))
+                self.pulls_in_progress.set(len(self._pulling))
+                self.source_bytes.labels(event.model, event.scheme).inc(event.bytes_downloaded)
+                self.source_seconds.labels(event.model, event.scheme).inc(event.seconds)
+                self.tier_requests.labels(event.model, "L2", "hit").inc(event.files_cached)
+                self.tier_requests.labels(event.model, "L2", "miss").inc(event.files_downloaded)
+            case AlreadyCached():
+                self.tier_requests.labels(event.model, "L2", "hit").inc(event.files)
+            case VerifyFailed():
+                self.verify_failures.labels(event.model).inc()
+            case Flipped():
+                self.flips.labels(event.model).inc()
+                self.set_live(event.model, event.version)
+            case ReloadCalled():
+                self.reloads.labels(event.model, "ok" if event.ok else "failed").inc()
+            case Evicted():
+                self.evictions.labels(event.model).inc()
+            case ModelRemoved():
+                self.evictions.labels(event.model).inc(len(event.versions))
+                self.clear_live(event.model)
+            case Collected():
+                self.collected_bytes.inc(event.bytes_freed)
+            case Failed():
+                self.errors.labels(event.operation).inc()
+                if event.operation == "pull":  # failed before or after its PullStarted
+                    self._pulling.discard((event.model or "", event.version or ""))
+                    self.pulls_in_progress.set(len(self._pulling))
 
     def set_live(self, model: str, version: str) -> None:
         """Exactly one live-version series per model."""
@@ -104,3 +121,9 @@ class AgentMetrics:
             self.live_version.remove(model, old)
         self.live_version.labels(model, version).set(1)
         self._live[model] = version
+
+    def clear_live(self, model: str) -> None:
+        """A model no longer on the node has no live version."""
+        old = self._live.pop(model, None)
+        if old is not None:
+            self.live_version.remove(model, old)

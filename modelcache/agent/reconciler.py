@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from modelcache.agent.engine import CacheEngine
-from modelcache.agent.events import Event
+from modelcache.agent.events import Failed, ReloadCalled
 from modelcache.agent.reload import ReloadResult, call_reload
 from modelcache.api.nodecache import VersionState
 from modelcache.sources.base import (
@@ -219,7 +219,7 @@ class NodeReconciler:
                 retry = RELOAD_RETRY_SECONDS
         for version in entry.pins:
             if store.has_version(model, version):
-                store.pin(model, version)
+                self.engine.pin(model, version)
         now = time.monotonic()
         for version in entry.versions:
             if store.has_version(model, version):
@@ -290,16 +290,17 @@ class NodeReconciler:
     ) -> None:
         assert entry.active is not None
         self.engine.events.emit(
-            Event.RELOAD,
-            model=entry.key,
-            version=entry.active,
-            target=target.name,
-            url=target.url,
-            ok=result.ok,
-            status=result.status,
-            live_version=result.live_version,
-            reason=result.reason,
-            seconds=round(result.seconds, 3),
+            ReloadCalled(
+                model=entry.key,
+                version=entry.active,
+                target=target.name,
+                url=target.url,
+                ok=result.ok,
+                status=result.status,
+                live_version=result.live_version,
+                reason=result.reason,
+                seconds=round(result.seconds, 3),
+            )
         )
         with self._lock:
             if result.ok:
@@ -374,7 +375,7 @@ class NodeReconciler:
             state.last_error = str(error)
         if not isinstance(error, (SourceError, StoreError)):  # the engine emitted the others
             self.engine.events.emit(
-                Event.ERROR, operation="pull", model=entry.key, version=version, error=str(error)
+                Failed(operation="pull", model=entry.key, version=version, error=str(error))
             )
         log.warning(
             "pull of %s %s failed (%s, attempt %d), next try in %.0fs: %s",
@@ -402,8 +403,7 @@ class NodeReconciler:
             key = str(model)
             if key in wanted or self.busy(key):
                 continue
-            what = self.engine.store.remove_model(model)
-            self.engine.events.emit(Event.EVICT, model=key, version="*", removed=str(what))
+            what = self.engine.remove_model(model)
             with self._lock:
                 self._models.pop(key, None)
             log.info("removed %s (%s): no longer wanted on this node", model, what)

@@ -19,7 +19,7 @@ from prometheus_client import start_http_server
 
 from modelcache.agent.config import AgentConfig, ConfigError, ModelConfig, load_config
 from modelcache.agent.engine import CacheEngine
-from modelcache.agent.events import Event, EventLog
+from modelcache.agent.events import ConfigLoaded, EventLog, Failed
 from modelcache.agent.metrics import AgentMetrics
 from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint
 from modelcache.agent.scrubber import Scrubber
@@ -109,7 +109,7 @@ class StandaloneAgent:
             )
             scrubber.start()
         self.events.emit(
-            Event.CONFIG, config=str(self.config_path), models=len(self.config.models), started=True
+            ConfigLoaded(config=str(self.config_path), models=len(self.config.models), started=True)
         )
         next_sync = 0.0
         try:
@@ -153,7 +153,7 @@ class StandaloneAgent:
         try:
             mtime = self.config_path.stat().st_mtime_ns
         except OSError as error:
-            self.events.emit(Event.ERROR, operation="config", error=str(error))
+            self.events.emit(Failed(operation="config", error=str(error)))
             return False
         if mtime == self._config_mtime:
             return False
@@ -161,7 +161,7 @@ class StandaloneAgent:
         try:
             config = load_config(self.config_path)
         except ConfigError as error:
-            self.events.emit(Event.ERROR, operation="config", error=str(error))
+            self.events.emit(Failed(operation="config", error=str(error)))
             return False
         if _engine_settings(config) != _engine_settings(self.config):
             # Pulls in flight finish on the old engine; the scrubber follows `self.engine`.
@@ -169,7 +169,7 @@ class StandaloneAgent:
             self.reconciler.engine = self.engine
         self.config = config
         self._reload_urls = _endpoints(config)
-        self.events.emit(Event.CONFIG, config=str(self.config_path), models=len(config.models))
+        self.events.emit(ConfigLoaded(config=str(self.config_path), models=len(config.models)))
         return True
 
     def reconcile(self) -> float | None:
@@ -178,7 +178,7 @@ class StandaloneAgent:
         try:
             again = self.reconciler.step([desired(m) for m in self.config.models])
         except (SourceError, StoreError, OSError) as error:
-            self.events.emit(Event.ERROR, operation="reconcile", error=str(error))
+            self.events.emit(Failed(operation="reconcile", error=str(error)))
         for config in self.config.models:
             live = self.engine.store.current(model_ref(config))
             if live is not None:

@@ -90,3 +90,12 @@ class SecretReference(CRDModel):
 
     name: str
     namespace: str | None = None
+
+
+class Reload(CRDModel):
+    """How the agent finds and calls the inference pods on its node (ModelVersion and NodeCache)."""
+
+    pod_selector: LabelSelector
+    port: Annotated[int, Field(ge=1, le=65535)] = 8000
+    path: str = "/modelcache/reload"
+    timeout_seconds: Annotated[int, Field(ge=1)] = 30

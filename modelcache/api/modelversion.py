@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator
 
-from modelcache.api.k8s import Condition, CRDModel, LabelSelector, SecretReference
+from modelcache.api.k8s import Condition, CRDModel, LabelSelector, Reload, SecretReference
 from modelcache.api.names import check_version
 
 SCHEMES_PATTERN = r"^(oss|s3|https?|file)://"
@@ -72,15 +72,6 @@ class Rollout(CRDModel):
             return self.max_unavailable
         percent = int(self.max_unavailable.rstrip("%"))
         return max(1, total_nodes * percent // 100)
-
-
-class Reload(CRDModel):
-    """How the agent finds and calls the inference pods on its node."""
-
-    pod_selector: LabelSelector
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    path: str = "/modelcache/reload"
-    timeout_seconds: Annotated[int, Field(ge=1)] = 30
 
 
 class ModelVersionSpec(CRDModel):

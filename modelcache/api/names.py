@@ -8,6 +8,7 @@ prefix.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import PurePosixPath
 
 _VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}$")
@@ -73,3 +74,23 @@ def parse_model_ref(ref: str, default_namespace: str = "default") -> tuple[str, 
     if not sep:
         namespace, name = default_namespace, ref
     return check_model_name(namespace, name)
+
+
+@dataclass(frozen=True, order=True)
+class ModelRef:
+    """A model as Kubernetes names it: namespace (a DNS label) and name (a DNS subdomain).
+    Checked on creation, since it becomes a path on every node."""
+
+    namespace: str
+    name: str
+
+    def __post_init__(self) -> None:
+        check_model_name(self.namespace, self.name)
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @classmethod
+    def parse(cls, ref: str, default_namespace: str = "default") -> ModelRef:
+        """`name` or `namespace/name`."""
+        return cls(*parse_model_ref(ref, default_namespace))

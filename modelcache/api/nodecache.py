@@ -10,14 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from modelcache.api.k8s import CRDModel, LabelSelector, SecretReference
-
-
-class ReloadTarget(CRDModel):
-    pod_selector: LabelSelector
-    port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    path: str = "/modelcache/reload"
-    timeout_seconds: Annotated[int, Field(ge=1)] = 30
+from modelcache.api.k8s import CRDModel, Reload, SecretReference
 
 
 class NodeModel(CRDModel):
@@ -31,7 +24,7 @@ class NodeModel(CRDModel):
     active: str | None = None
     retain: Annotated[int, Field(ge=1)] = 5
     pins: list[str] = Field(default_factory=list)  # never removed by retention
-    reload: ReloadTarget | None = None
+    reload: Reload | None = None
 
     @property
     def key(self) -> str:

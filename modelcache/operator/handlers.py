@@ -32,7 +32,8 @@ from modelcache.operator.wakeups import (
 FINALIZER = f"{GROUP}/cleanup"
 Logger = logging.Logger | logging.LoggerAdapter[Any]
 ACTIVE_INTERVAL = 1.0  # after a step that wrote NodeCaches: their agents are acting
-WAITING_INTERVAL = 5.0  # a rollout waiting on agents: their reports wake it, this is a safety net
+# A rollout waiting on agents, Nodes or a wave timeout: their events wake it, the timeout
+# is a known deadline; this is only a safety net.
 SETTLED_INTERVAL = 30.0
 
 
@@ -111,7 +112,7 @@ async def rollout(
                 if outcome.settled:
                     interval = SETTLED_INTERVAL
                 elif outcome.written_nodes == 0:
-                    interval = WAITING_INTERVAL
+                    interval = waiting_interval(outcome.deadline_seconds)
             except ApiException as error:
                 logger.warning("reconcile failed (%s): %s", error.status, error.reason)
             except ValueError as error:  # a spec the models refuse (the CRD schema is looser)
@@ -120,6 +121,13 @@ async def rollout(
             await sleep_until(wakeup, interval)
     finally:
         board.unregister(namespace, name)
+
+
+def waiting_interval(deadline_seconds: float | None) -> float:
+    """Sleep until the plan's next deadline (just past it), at most SETTLED_INTERVAL."""
+    if deadline_seconds is None:
+        return SETTLED_INTERVAL
+    return min(SETTLED_INTERVAL, max(deadline_seconds + 0.5, ACTIVE_INTERVAL))
 
 
 @kopf.on.event(GROUP, VERSION, "modelversions")

@@ -11,7 +11,7 @@ from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
 from modelcache.api.modelversion import ModelVersionSpec
-from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus, NodeModel, ReloadTarget
+from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus, NodeModel
 from modelcache.operator.planner import Assignment, NodeObservation
 
 
@@ -43,14 +43,6 @@ def observation(status: NodeCacheStatus | None, namespace: str, name: str) -> No
 def desired_entry(
     namespace: str, name: str, spec: ModelVersionSpec, assignment: Assignment
 ) -> NodeModel:
-    reload = None
-    if spec.reload is not None:
-        reload = ReloadTarget(
-            pod_selector=spec.reload.pod_selector,
-            port=spec.reload.port,
-            path=spec.reload.path,
-            timeout_seconds=spec.reload.timeout_seconds,
-        )
     return NodeModel(
         namespace=namespace,
         name=name,
@@ -60,7 +52,7 @@ def desired_entry(
         active=assignment.active,
         retain=spec.retain,
         pins=list(spec.pin),
-        reload=reload,
+        reload=spec.reload,
     )
 
 

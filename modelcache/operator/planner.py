@@ -99,6 +99,17 @@ def plan_rollout(
     )
 
 
+def next_deadline(
+    spec: ModelVersionSpec, state: RolloutState, now: dt.datetime
+) -> dt.timedelta | None:
+    """How long until time alone changes the plan (a wave timing out); None: only events
+    (a NodeCache report, a Node, the spec) can. A waiting rollout sleeps until then."""
+    if state.phase in ("Complete", "Failed") or state.wave_started_at is None:
+        return None
+    timeout = dt.timedelta(seconds=spec.rollout.wave_timeout_seconds)
+    return max(state.wave_started_at + timeout - now, dt.timedelta(0))
+
+
 def _retarget(
     target: str, state: RolloutState | None, now: dt.datetime, events: list[PlanEvent]
 ) -> RolloutState:

@@ -30,7 +30,7 @@ from modelcache.api.modelversion import (
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus
 from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
-from modelcache.operator.planner import Plan, PlanEvent, plan_rollout
+from modelcache.operator.planner import Plan, PlanEvent, next_deadline, plan_rollout
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,8 @@ class Outcome:
     plan: Plan | None
     settled: bool
     written_nodes: int
+    # Seconds until time alone changes the plan (a wave timeout); None: only events can.
+    deadline_seconds: float | None = None
 
 
 class Reconciler:
@@ -162,7 +164,9 @@ class Reconciler:
         for event in plan.events:
             self._event(body, event)
         settled = plan.rollout.phase in ("Complete", "Failed") and written == 0
-        return Outcome(plan, settled, written)
+        deadline = next_deadline(spec, plan.rollout, now)
+        seconds = None if deadline is None else deadline.total_seconds()
+        return Outcome(plan, settled, written, seconds)
 
     def forget(self, namespace: str, name: str) -> int:
         """Remove this model from every NodeCache (the ModelVersion is being deleted)."""

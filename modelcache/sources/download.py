@@ -47,6 +47,7 @@ from modelcache.sources.base import (
 )
 from modelcache.sources.checksum import Digest
 from modelcache.sources.ordered_hash import OrderedHasher
+from modelcache.store.durable import fsync_dir, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -245,27 +246,6 @@ def load_record(path: Path) -> ResumeRecord | None:
         return None
 
 
-def write_atomically(path: Path, data: bytes) -> None:
-    """Write, fsync, rename over `path`, fsync the directory: readers see old or new, whole."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        _pwrite_all(fd, data, 0)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -313,7 +293,7 @@ class _Journal:
             return
         os.fsync(self._fd)  # the data first: the record may only claim what is on disk
         self._record = replace(self._record, done=self._record.done | self._pending)
-        write_atomically(self._path, self._record.to_json())
+        write_atomic(self._path, self._record.to_json())
         self._pending.clear()
         self._pending_bytes = 0
 
@@ -530,7 +510,7 @@ def _open_partial(dest: Path, key: str, info: ObjectInfo, part_size: int) -> Ite
     try:
         if not reusable:
             _preallocate(fd, info.size, dest)
-            write_atomically(record_path, record.to_json())
+            write_atomic(record_path, record.to_json())
         yield _Opened(fd, record)
     finally:
         os.close(fd)
@@ -671,7 +651,7 @@ def _verify_download(
         discard(dest)
         raise
     resume_path(dest).unlink(missing_ok=True)
-    _fsync_dir(dest.parent)
+    fsync_dir(dest.parent)
     log.info(
         "downloaded and verified %s",
         where,

@@ -10,9 +10,9 @@ layout (paths), durable (fsync/rename), locks, blobs, versions, pointers, pins,
 space, gc, recovery, warm; `store.Store` is the facade.
 """
 
+from modelcache.api.names import ModelRef
 from modelcache.store.errors import DiskFull, ProtectedVersion, StoreError, VersionNotInstalled
 from modelcache.store.gc import GcResult
-from modelcache.store.refs import ModelRef
 from modelcache.store.space import Usage
 from modelcache.store.store import Store
 from modelcache.store.versions import InstalledVersion

@@ -5,6 +5,7 @@ blobs/sha256/<2 hex>/<digest>               read-only blobs
 models/<ns>/<name>/versions/<version>/...   hard links into blobs/ plus manifest.json
 models/<ns>/<name>/{current,previous}       relative symlinks to versions/<v>
 models/<ns>/<name>/pins.json                pinned versions
+models/<ns>/<name>/source.json              the model's L3 URL (for `use`, repairs)
 tmp/<digest>.part (+ .resume.json)          partial downloads
 tmp/adopted/<digest>                        a second link that keeps a fresh blob until installed
 tmp/quarantine/<digest>-<ns>                corrupt blobs moved out of blobs/
@@ -20,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelcache.api.manifest import MANIFEST_NAME
-from modelcache.api.names import InvalidName, check_version
+from modelcache.api.names import InvalidName, ModelRef, check_version
 from modelcache.store.errors import StoreError
-from modelcache.store.refs import ModelRef
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 STAGING_PREFIX = ".staging-"
@@ -30,6 +30,7 @@ DELETING_PREFIX = ".deleting-"
 CURRENT = "current"
 PREVIOUS = "previous"
 PINS = "pins.json"
+SOURCE = "source.json"  # where the model comes from: {"url": ...}
 VERSIONS = "versions"
 LINK_TMP_SUFFIX = ".tmp"
 PART_SUFFIX = ".part"
@@ -135,6 +136,9 @@ class Layout:
 
     def pins_file(self, model: ModelRef) -> Path:
         return self.model_dir(model) / PINS
+
+    def source_file(self, model: ModelRef) -> Path:
+        return self.model_dir(model) / SOURCE
 
     def staging_dir(self, model: ModelRef, version: str) -> Path:
         return self.versions_dir(model) / f"{STAGING_PREFIX}{check_version(version)}-{token()}"

@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+from modelcache.api.names import ModelRef
 from modelcache.store.layout import (
     CURRENT,
     DELETING_PREFIX,
@@ -19,7 +20,6 @@ from modelcache.store.layout import (
     STAGING_PREFIX,
     Layout,
 )
-from modelcache.store.refs import ModelRef
 
 _TMP_LINKS = (CURRENT + LINK_TMP_SUFFIX, PREVIOUS + LINK_TMP_SUFFIX)
 _TMP_PINS = f".{PINS}{LINK_TMP_SUFFIX}-"

@@ -15,6 +15,7 @@ the quarantined copy once no version links it.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import time
@@ -22,13 +23,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from modelcache.api.manifest import Manifest
+from modelcache.api.names import ModelRef
 from modelcache.store import blobs, locks, pins, pointers, recovery, space, warm
 from modelcache.store import versions as trees
-from modelcache.store.durable import make_dirs, remove_tree
+from modelcache.store.durable import make_dirs, remove_tree, write_atomic
 from modelcache.store.errors import ProtectedVersion, StoreError, VersionNotInstalled
 from modelcache.store.gc import GcResult, collect
 from modelcache.store.layout import Layout, check_sha256
-from modelcache.store.refs import ModelRef
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,21 @@ class Store:
                 raise StoreError(f"{model}: no previous version to roll back to")
             self._flip_locked(model, target)
             return target
+
+    # -- where a model comes from --------------------------------------------------------------
+    def record_source(self, model: ModelRef, url: str) -> None:
+        """Remember the model's L3 URL, so `use` and `verify` repairs can reach it later."""
+        with locks.hold(self._layout.model_lock(model)):
+            make_dirs(self._layout.model_dir(model))
+            write_atomic(self._layout.source_file(model), json.dumps({"url": url}).encode())
+
+    def source(self, model: ModelRef) -> str | None:
+        try:
+            data = json.loads(self._layout.source_file(model).read_text())
+        except (OSError, ValueError):
+            return None
+        url = data.get("url") if isinstance(data, dict) else None
+        return url if isinstance(url, str) else None
 
     # -- pins -------------------------------------------------------------------------------
     def pins(self, model: ModelRef) -> set[str]:

@@ -17,11 +17,11 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
+from modelcache.api.names import ModelRef
 from modelcache.store.blobs import same_inode
 from modelcache.store.durable import fsync_dir, link_atomic, remove_tree
 from modelcache.store.errors import StoreError, VersionNotInstalled
 from modelcache.store.layout import Layout, is_version_name
-from modelcache.store.refs import ModelRef
 
 
 @dataclass(frozen=True)

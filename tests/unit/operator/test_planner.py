@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelcache.api.modelversion import ModelVersionSpec, RolloutState
-from modelcache.operator.planner import NodeObservation, Plan, plan_rollout
+from modelcache.operator.planner import NodeObservation, Plan, next_deadline, plan_rollout
 
 T0 = dt.datetime(2026, 11, 24, 12, 0, tzinfo=dt.UTC)
 
@@ -280,3 +280,34 @@ def test_a_not_ready_node_already_serving_the_target_is_not_a_failure() -> None:
     plan = plan_rollout(spec("v1"), fleet.nodes, fleet.observe(), state, now=T0)
     assert plan.rollout.failed == []
     assert plan.rollout.phase == "Complete"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    timeout=st.integers(min_value=1, max_value=900),
+    elapsed=st.floats(min_value=0, max_value=2000, allow_nan=False),
+)
+def test_only_the_deadline_changes_a_waiting_plan_by_itself(timeout: int, elapsed: float) -> None:
+    """The operator sleeps a waiting rollout until `next_deadline`: before it, the same
+    observations give the same plan; after it, the wave has timed out."""
+    fleet, state = deployed(2)
+    mv = spec("v2", canary=1, maxUnavailable=1, waveTimeoutSeconds=timeout)
+    prefetching = plan_rollout(mv, fleet.nodes, fleet.observe(), state, now=T0)
+    assert next_deadline(mv, prefetching.rollout, T0) is None, "only agents' reports move it"
+    later = T0 + dt.timedelta(seconds=elapsed)
+    assert plan_rollout(
+        mv, fleet.nodes, fleet.observe(), prefetching.rollout, now=later
+    ).rollout == (prefetching.rollout)
+    for node in fleet.nodes:
+        fleet.cached[node].add("v2")
+    canary = plan_rollout(mv, fleet.nodes, fleet.observe(), prefetching.rollout, now=T0)
+    assert canary.rollout.phase == "Canary"
+    deadline = next_deadline(mv, canary.rollout, T0)
+    assert deadline == dt.timedelta(seconds=timeout)
+    # The canary node never reports its reload: nothing changes until the deadline.
+    waited = plan_rollout(mv, fleet.nodes, fleet.observe(), canary.rollout, now=later)
+    if later <= T0 + deadline:
+        assert waited.rollout == canary.rollout
+    else:
+        assert waited.rollout.phase == "Failed"
+        assert next_deadline(mv, waited.rollout, later) is None
