@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
+from pydantic import ValidationError
+
+from modelcache.api.reload import ReloadAnswer, ReloadRequest
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,7 @@ def call_reload(
 ) -> ReloadResult:
     """One reload call; never raises: a refusal or an unreachable pod is a result to report."""
     started = time.monotonic()
-    body = {"model": model, "version": version, "path": str(path)}
+    body = ReloadRequest(model=model, version=version, path=str(path)).model_dump()
     try:
         response = requests.post(url, json=body, timeout=timeout)
     except requests.RequestException as error:
@@ -39,12 +41,12 @@ def call_reload(
         )
     seconds = time.monotonic() - started
     try:
-        answer = response.json()
-    except (ValueError, json.JSONDecodeError):
-        answer = {}
-    live = answer.get("live_version") if isinstance(answer, dict) else None
-    reason = answer.get("reason") if isinstance(answer, dict) else None
-    ok = response.ok and bool(answer.get("ok", True) if isinstance(answer, dict) else True)
+        answer: ReloadAnswer | None = ReloadAnswer.model_validate_json(response.content)
+    except ValidationError:
+        answer = None  # not the contract's answer: judged by the status code alone
+    ok = response.ok and (answer is None or answer.ok)
+    live = answer.live_version if answer is not None else None
+    reason = answer.reason if answer is not None else None
     if not ok and reason is None:
         reason = f"HTTP {response.status_code}: {response.text[:200]}"
     return ReloadResult(url, ok, response.status_code, live, reason, seconds)

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
+from modelcache.api.reload import ReloadAnswer, ReloadRequest
 from modelcache.runtime.errors import SwapRefused, TornWeightsError
 from modelcache.runtime.runtime import LoraRuntime
 
@@ -39,6 +41,11 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+def _refusal(reason: str, *, kind: str | None = None, live: str | None = None) -> dict[str, Any]:
+    answer = ReloadAnswer(ok=False, reason=reason, kind=kind, live_version=live)
+    return answer.model_dump(exclude_none=True) | {"live_version": live}
+
+
 class ReloadService:
     """The runtimes this pod serves, by model name, and the reload call's semantics."""
 
@@ -48,34 +55,24 @@ class ReloadService:
     def handle(self, body: bytes) -> Answer:
         """Parse, swap, answer; never raises."""
         try:
-            call = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return 400, {"ok": False, "reason": f"body is not JSON: {error}", "live_version": None}
-        fields = {"model", "version", "path"}
-        if not isinstance(call, dict) or not all(isinstance(call.get(k), str) for k in fields):
-            return 400, {
-                "ok": False,
-                "reason": 'expected {"model": str, "version": str, "path": str}',
-                "live_version": None,
-            }
-        runtime = self.runtimes.get(call["model"])
+            call = ReloadRequest.model_validate_json(body)
+        except ValidationError as error:
+            if any(e["type"] == "json_invalid" for e in error.errors()):
+                return 400, _refusal(f"body is not JSON: {error.errors()[0]['msg']}")
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in error.errors()[:3]
+            )
+            return 400, _refusal(f'expected {{"model", "version", "path"}}: {problems}')
+        runtime = self.runtimes.get(call.model)
         if runtime is None:
-            return 404, {
-                "ok": False,
-                "reason": f"this pod serves {sorted(self.runtimes)}, not {call['model']!r}",
-                "live_version": None,
-            }
+            return 404, _refusal(f"this pod serves {sorted(self.runtimes)}, not {call.model!r}")
         try:
-            result = runtime.swap(call["version"], Path(call["path"]))
+            result = runtime.swap(call.version, Path(call.path))
         except TornWeightsError as torn:
-            return 500, {"ok": False, "reason": str(torn), "kind": "torn", "live_version": None}
+            return 500, _refusal(str(torn), kind="torn")
         except SwapRefused as refusal:
-            return 409, {
-                "ok": False,
-                "reason": refusal.reason,
-                "kind": refusal.kind,
-                "live_version": runtime.live_version,
-            }
+            return 409, _refusal(refusal.reason, kind=refusal.kind, live=runtime.live_version)
         return 200, result.to_json()
 
     def status(self) -> dict[str, Any]:

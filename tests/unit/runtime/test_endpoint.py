@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import requests
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelcache.agent.reload import call_reload
 from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, asgi_app
@@ -121,3 +123,24 @@ def test_reload_through_the_asgi_route(runtime: LoraRuntime, versions: dict[str,
     status, body = asyncio.run(call_asgi(app, "GET", b""))
     assert status == 200
     assert body["models"][NAME]["live_version"] == "v1"
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+def test_any_body_gets_a_one_line_4xx_never_an_exception(body: bytes) -> None:
+    """The reload contract (api/reload.py) parses every body: what is not a call is a 400
+    naming the problem in one line; a call for a model this pod does not serve, a 404."""
+    status, answer = ReloadService([]).handle(body)
+    assert status in (400, 404)
+    assert answer["ok"] is False
+    assert isinstance(answer["reason"], str)
+    assert "\n" not in answer["reason"]
