@@ -29,6 +29,7 @@ from modelcache.sources.base import (
     SourceError,
 )
 from modelcache.sources.download import VerificationError
+from modelcache.sources.publish import VersionMissing
 from modelcache.store import ModelRef, StoreError
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ RELOAD_RETRY_SECONDS = 5.0
 GC_INTERVAL_SECONDS = 600.0
 
 PERMANENT_ERRORS: tuple[type[Exception], ...] = (
+    VersionMissing,
     ObjectNotFound,
     VerificationError,
     InvalidSourceURL,
