@@ -275,7 +275,6 @@ class NodeReconciler:
                 target.url,
                 model=entry.key,
                 version=entry.active,
-                path=self.engine.store.current_path(entry.model),
                 timeout=entry.reload_timeout,
             )
             self._record_reload(entry, state, target, result)

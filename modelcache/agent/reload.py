@@ -1,10 +1,9 @@
-"""The reload call (agent -> inference pod): POST {model, version, path}, read the verdict."""
+"""The reload call (agent -> inference pod): POST {model, version}, read the verdict."""
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import requests
 from pydantic import ValidationError
@@ -23,16 +22,15 @@ class ReloadResult:
 
     @property
     def answered(self) -> bool:
-        """The pod answered (a refusal is a verdict); False: not listening yet, or gone."""
-        return self.status is not None
+        """The pod gave a verdict (a refusal is one); False: not listening yet, gone, or
+        busy (429, 503): to be retried, not a failure."""
+        return self.status is not None and self.status not in (429, 503)
 
 
-def call_reload(
-    url: str, *, model: str, version: str, path: Path, timeout: float = 30.0
-) -> ReloadResult:
+def call_reload(url: str, *, model: str, version: str, timeout: float = 30.0) -> ReloadResult:
     """One reload call; never raises: a refusal or an unreachable pod is a result to report."""
     started = time.monotonic()
-    body = ReloadRequest(model=model, version=version, path=str(path)).model_dump()
+    body = ReloadRequest(model=model, version=version).model_dump(exclude_none=True)
     try:
         response = requests.post(url, json=body, timeout=timeout)
     except requests.RequestException as error:

@@ -12,14 +12,15 @@ MAX_FIELD = 4096  # a model name, a version, a path: never longer on any node
 
 
 class ReloadRequest(BaseModel):
-    """POSTed as JSON: which model, which version the node's `current` now names, and
-    where `current` is."""
+    """POSTed as JSON: which model to re-read, and the version the agent expects its
+    `current` to name. A nudge: the pod loads what `current` names, never a caller's
+    path (`path`, sent by older agents, is accepted and ignored)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     model: Annotated[str, Field(min_length=1, max_length=MAX_FIELD)]
     version: Annotated[str, Field(min_length=1, max_length=MAX_FIELD)]
-    path: Annotated[str, Field(min_length=1, max_length=MAX_FIELD)]
+    path: Annotated[str | None, Field(max_length=MAX_FIELD)] = None
 
 
 class ReloadAnswer(BaseModel):

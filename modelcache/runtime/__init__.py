@@ -1,7 +1,7 @@
 """L1: GPU-resident LoRA hot reload inside inference pods (extra `[runtime]`: torch).
 
     model = build_model().to("cuda")              # LoraLinear layers, see `add_lora`
-    runtime = LoraRuntime(model, RuntimeConfig(model="studio/garment-lora"))
+    runtime = LoraRuntime(model, RuntimeConfig(model="studio/garment-lora", root=ROOT))
     ReloadServer(ReloadService([runtime]), port=8000).start()   # the agent calls it
     with runtime.request() as version:            # one version for the whole request
         image = model(...)

@@ -1,4 +1,10 @@
-"""The reload endpoint: POST {"model", "version", "path"} -> swap -> the verdict as JSON.
+"""The reload endpoint: POST {"model", "version"} -> load what `current` names -> the verdict.
+
+The call is a nudge, not an instruction: whoever calls, the pod loads only what the
+node's read-only `current` link names for that model, under the runtime's `root` (a
+`path` in the call is ignored). So the worst an unauthenticated caller on the pod
+network can do is make the pod re-read what is already live, and that is bounded too:
+one reload at a time per model (429 while one runs) and RELOADS_PER_SECOND overall.
 
 One transport-free core (`ReloadService.handle`) and two thin transports over it: a
 stdlib HTTP server on a thread (`ReloadServer`, for a pod with no web framework) and a
@@ -6,9 +12,10 @@ plain ASGI callable (`asgi_app`, to mount in an existing FastAPI/Starlette/any A
 without this package depending on one). Answers, as `modelcache.agent.reload` reads them:
 200 {"ok": true, "live_version", "timings": {read_s, verify_s, stage_s, swap_s, ...}};
 409 {"ok": false, "reason", "live_version"} when a version is refused (the live one
-stays); 500 {"ok": false, "kind": "torn", ...} when the copy itself failed partway
-(requests are refused until a swap succeeds); 400 for a malformed call, 404 for a
-model this pod does not serve.
+stays), or when `current` names another version than the call expected; 500
+{"ok": false, "kind": "torn", ...} when the copy itself failed partway (requests are
+refused until a swap succeeds); 400 for a malformed call, 404 for a model this pod
+does not serve, 429 while busy.
 """
 
 from __future__ import annotations
@@ -16,9 +23,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -46,11 +53,42 @@ def _refusal(reason: str, *, kind: str | None = None, live: str | None = None) -
     return answer.model_dump(exclude_none=True) | {"live_version": live}
 
 
+class _Bucket:
+    """At most `rate` calls a second on average, bursts of `rate`: non-blocking."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.at = rate, rate, time.monotonic()
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        with self.lock:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.at) * self.rate)
+            self.at = now
+            if self.tokens < 1:
+                return False
+            self.tokens -= 1
+            return True
+
+
+RELOADS_PER_SECOND = 10.0
+
+
 class ReloadService:
     """The runtimes this pod serves, by model name, and the reload call's semantics."""
 
-    def __init__(self, runtimes: Iterable[LoraRuntime]) -> None:
+    def __init__(
+        self, runtimes: Iterable[LoraRuntime], *, reloads_per_second: float = RELOADS_PER_SECOND
+    ) -> None:
         self.runtimes = {runtime.name: runtime for runtime in runtimes}
+        for runtime in self.runtimes.values():
+            if runtime.config.root is None:
+                raise ValueError(
+                    f"{runtime.name}: a reload endpoint needs RuntimeConfig.root (the node's "
+                    "cache, mounted read-only): the pod loads only what its `current` names"
+                )
+        self._busy = {name: threading.Lock() for name in self.runtimes}
+        self._bucket = _Bucket(reloads_per_second)
 
     def handle(self, body: bytes) -> Answer:
         """Parse, swap, answer; never raises."""
@@ -67,12 +105,20 @@ class ReloadService:
         runtime = self.runtimes.get(call.model)
         if runtime is None:
             return 404, _refusal(f"this pod serves {sorted(self.runtimes)}, not {call.model!r}")
+        busy = self._busy[call.model]
+        if not self._bucket.take() or not busy.acquire(blocking=False):
+            return 429, _refusal("reload calls come too fast, or one is running: retry soon")
         try:
-            result = runtime.swap(call.version, Path(call.path))
+            result = runtime.reload_current()
         except TornWeightsError as torn:
             return 500, _refusal(str(torn), kind="torn")
         except SwapRefused as refusal:
             return 409, _refusal(refusal.reason, kind=refusal.kind, live=runtime.live_version)
+        finally:
+            busy.release()
+        if result.version != call.version:
+            reason = f"`current` names {result.version!r}, not {call.version!r}: that is live"
+            return 409, _refusal(reason, kind="current", live=result.version)
         return 200, result.to_json()
 
     def status(self) -> dict[str, Any]:

@@ -13,6 +13,8 @@ RefusalKind = Literal[
     "request",  # a malformed reload call
     "model",  # this pod does not serve the model named in the call
     "path",  # the version directory is missing or outside the allowed root
+    "current",  # the node's `current` link is missing or not the store's versions/<v>
+    "config",  # the runtime cannot serve reload calls as configured (no root)
     "manifest",  # manifest.json is missing, unreadable or names another version
     "file",  # the adapter file is missing or not the size the manifest says
     "checksum",  # sha256 differs from the manifest

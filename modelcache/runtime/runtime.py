@@ -34,7 +34,7 @@ from modelcache.runtime.settings import (
     settings_from_metadata,
 )
 from modelcache.runtime.slots import LoraSlots
-from modelcache.runtime.source import ADAPTER_CONFIG, open_version
+from modelcache.runtime.source import ADAPTER_CONFIG, current_directory, open_version
 from modelcache.runtime.staging import Staging
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,9 @@ class RuntimeConfig:
 
     `model` is the name the agent uses in reload calls ("<namespace>/<name>");
     `adapter_file` the weights' path in the version (None: the one .safetensors listed);
-    `root` confines reload paths (the hostPath mount), None allows any path."""
+    `root` is the node's cache (the hostPath, mounted read-only): a reload call loads what
+    its `current` names for `model`, never a caller's path; a reload endpoint requires it
+    (None: only in-process `swap` calls, e.g. tests)."""
 
     model: str
     adapter_file: str | None = None
@@ -197,6 +199,14 @@ class LoraRuntime:
                 result.timings["swap_s"],
             )
         return result
+
+    def reload_current(self) -> SwapResult:
+        """Load what the node's `current` names for this model (under `config.root`): what
+        a reload call does, whatever the caller asked. Unchanged when already live."""
+        if self.config.root is None:
+            raise SwapRefused("config", "RuntimeConfig.root is not set: no `current` to read")
+        version, directory = current_directory(self.config.root, self.name)
+        return self.swap(version, directory)
 
     def _swap(self, version: str, path: Path) -> SwapResult:
         started = time.perf_counter()

@@ -1,23 +1,28 @@
-"""The version directory a reload names: its manifest, its adapter file, its settings.
+"""The version directory a reload loads: its manifest, its adapter file, its settings.
 
-The agent sends the path it flipped (`.../current`, or a `versions/<v>` dir). This
-module resolves it once (so a flip during the swap cannot mix two versions), checks it
-lies under the allowed root, reads `manifest.json` and insists it is the version the
-call asked for, and checks the adapter file's size and the settings file's sha256
-against the manifest. The adapter's own sha256 is checked while it is staged.
+A reload call is a nudge, never an instruction: the pod reads which version is live from
+the node's `current` link on its read-only mount (`current_directory`), the disk only
+the agent writes. This module resolves that once (so a flip during the swap cannot mix
+two versions), keeps it under the root, reads `manifest.json` and insists it is that
+version, and checks the adapter file's size and the settings file's sha256 against the
+manifest; every file it reads must be a regular file (no symlink, no FIFO or device).
+The adapter's own sha256 is checked while it is staged.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from pydantic import ValidationError
 
 from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
-from modelcache.runtime.errors import SwapRefused
+from modelcache.api.names import InvalidName, ModelRef, check_version
+from modelcache.runtime.errors import RefusalKind, SwapRefused
 from modelcache.sources.checksum import StreamHasher
+from modelcache.store.layout import VERSIONS, Layout
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -29,6 +34,51 @@ class VersionFiles:
     adapter: Path
     adapter_entry: ManifestFile
     config: bytes | None  # the verified adapter_config.json, when the version has one
+
+
+def current_directory(root: Path, model: str) -> tuple[str, Path]:
+    """The version the node's `current` link names for `model`, and its directory under
+    `root`: the only thing a reload may load. SwapRefused when there is none or the link
+    is not the store's own `versions/<version>`."""
+    try:
+        ref = ModelRef.parse(model)
+    except (InvalidName, ValueError) as error:
+        raise SwapRefused("current", f"model {model!r}: {error}") from None
+    layout = Layout(root)
+    link = layout.current_link(ref)
+    try:
+        target = os.readlink(link)
+    except FileNotFoundError:
+        raise SwapRefused("current", f"{link} does not exist: no version is live yet") from None
+    except OSError as error:
+        raise SwapRefused("current", f"{link} is not a symlink ({error.strerror})") from None
+    parts = PurePosixPath(target).parts
+    if len(parts) != 2 or parts[0] != VERSIONS:
+        raise SwapRefused("current", f"{link} -> {target!r}: not versions/<version>")
+    try:
+        version = check_version(parts[1])
+    except InvalidName as error:
+        raise SwapRefused("current", f"{link} -> {target!r}: {error}") from None
+    directory = layout.version_dir(ref, version)
+    try:
+        mode = os.lstat(directory).st_mode
+    except OSError as error:
+        raise SwapRefused("current", f"{directory}: {error.strerror}") from None
+    if not stat.S_ISDIR(mode):
+        raise SwapRefused("current", f"{directory} is not a directory (a symlink?)")
+    return version, directory
+
+
+def _regular(path: Path, directory: Path, kind: RefusalKind = "file") -> None:
+    """Only regular files inside the version are read: a symlink (of the file or of a
+    directory on its way) could point anywhere, a FIFO would hang the read."""
+    try:
+        mode = os.lstat(path).st_mode
+        inside = Path(os.path.realpath(path, strict=True)).is_relative_to(directory)
+    except OSError as error:
+        raise SwapRefused(kind, f"cannot read {path}: {error.strerror}") from None
+    if not stat.S_ISREG(mode) or not inside:
+        raise SwapRefused(kind, f"{path} is not a regular file of {directory}")
 
 
 def open_version(
@@ -57,6 +107,7 @@ def open_version(
         )
     entry = _adapter_entry(manifest, directory, adapter_file)
     adapter = directory / entry.path
+    _regular(adapter, directory)
     try:
         size = adapter.stat().st_size
     except OSError as error:
@@ -70,6 +121,7 @@ def open_version(
 
 def _manifest(directory: Path) -> Manifest:
     where = directory / MANIFEST_NAME
+    _regular(where, directory, "manifest")
     try:
         return Manifest.from_json(where.read_bytes())
     except OSError as error:
@@ -103,6 +155,7 @@ def _config(manifest: Manifest, directory: Path, config_file: str) -> bytes | No
     except KeyError:
         return None
     where = directory / entry.path
+    _regular(where, directory)
     try:
         data = where.read_bytes()
     except OSError as error:

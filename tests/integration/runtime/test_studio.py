@@ -22,8 +22,10 @@ import yaml
 from examples.studio import adapters
 from examples.studio.model import StudioConfig, apply_adapter, build_model, generate, image_sha256
 from modelcache.agent.standalone import StandaloneAgent
+from modelcache.api.names import ModelRef
 from modelcache.sources.publish import publish
 from modelcache.sources.registry import open_source
+from modelcache.store import Store
 from modelcache.testing.ports import free_port
 from modelcache.testing.process import ManagedProcess
 
@@ -244,13 +246,15 @@ def test_generations_during_swaps_each_see_one_version(
 ) -> None:
     references = References(made)
     root = tmp_path / "cache"
-    # The agent pulls v1 (live) and v2 (prefetched), then we swap by calling the reload
-    # route ourselves, as fast as it answers, while clients keep generating.
+    # The agent pulls v1 (live) and v2 (prefetched), then we swap as the agent does (flip
+    # `current`, call the reload route) ourselves, as fast as it answers, while clients
+    # keep generating.
     reload_url = studio.url("/modelcache/reload")
     with Agent(tmp_path, bucket, reload_url, version="v1", prefetch=["v2"]):
         wait_for(lambda: studio.live() == "v1", "the studio to report v1")
-        # The agent pulls prefetched versions before it flips: v2 is complete on disk now.
-        assert (root / "models/studio/sdxl/versions/v2/adapter_model.safetensors").is_file()
+        # The prefetch goes on in the background (the flip to v1 did not wait for it).
+        prefetched = root / "models/studio/sdxl/versions/v2/adapter_model.safetensors"
+        wait_for(prefetched.is_file, "v2 prefetched")
 
     seeds, steps = (21, 22, 23), 30
     results: list[dict[str, Any]] = []
@@ -273,12 +277,13 @@ def test_generations_during_swaps_each_see_one_version(
     for thread in clients:
         thread.start()
     swaps: list[dict[str, Any]] = []
+    store = Store(root)
     try:
         wait_for(lambda: len(results) >= 3, "the first generations")
         for n in range(12):
             version = ("v2", "v1")[n % 2]
-            path = root / "models" / NAME / "versions" / version
-            body = {"model": NAME, "version": version, "path": str(path)}
+            store.flip(ModelRef.parse(NAME), version)
+            body = {"model": NAME, "version": version}
             response = requests.post(reload_url, json=body, timeout=60)
             assert response.status_code == 200, response.text
             swaps.append(response.json())

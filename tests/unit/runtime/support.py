@@ -150,7 +150,7 @@ def run(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 def install_version(store: Store, version: str, files: Mapping[str, bytes]) -> Path:
-    """Into the real L2 store, as a pull would, and flip `current` to it."""
+    """Into the real L2 store, as a pull would (`current` is not flipped)."""
     install(store, MODEL, version, files)
     return store.version_path(MODEL, version)
 

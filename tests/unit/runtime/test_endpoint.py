@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelcache.agent.reload import call_reload
-from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, asgi_app
+from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, RuntimeConfig, asgi_app
 from modelcache.store import Store
-from tests.unit.runtime.support import MODEL, install_version, make_adapter
+from tests.unit.runtime.support import MODEL, TinyNet, install_version, make_adapter, write_version
 
 NAME = str(MODEL)
 
@@ -25,36 +27,42 @@ NAME = str(MODEL)
 def versions(store: Store, tmp_path: Path) -> dict[str, Path]:
     good = install_version(store, "v1", make_adapter(1).files(tmp=tmp_path))
     bad = install_version(store, "v2", make_adapter(2, rank=16).files(tmp=tmp_path))
+    store.flip(MODEL, "v1")
     return {"good": good, "bad": bad}
 
 
 @pytest.fixture
-def server(runtime: LoraRuntime) -> Iterator[ReloadServer]:
-    with ReloadServer(ReloadService([runtime]), host="127.0.0.1", port=0) as running:
+def rooted(model: TinyNet, store: Store) -> LoraRuntime:
+    """A runtime as a pod has it: the node's cache mounted at `root`."""
+    return LoraRuntime(model, RuntimeConfig(model=NAME, root=store.root))
+
+
+@pytest.fixture
+def server(rooted: LoraRuntime) -> Iterator[ReloadServer]:
+    with ReloadServer(ReloadService([rooted]), host="127.0.0.1", port=0) as running:
         yield running
 
 
 def test_reload_over_http(
-    server: ReloadServer, runtime: LoraRuntime, versions: dict[str, Path]
+    server: ReloadServer, rooted: LoraRuntime, store: Store, versions: dict[str, Path]
 ) -> None:
     url = server.url()
-    good = {"model": NAME, "version": "v1", "path": str(versions["good"])}
-    answer = requests.post(url, json=good, timeout=30)
+    answer = requests.post(url, json={"model": NAME, "version": "v1"}, timeout=30)
     assert answer.status_code == 200
     body = answer.json()
     assert body["ok"] is True
     assert body["live_version"] == "v1"
     assert set(body["timings"]) >= {"read_s", "verify_s", "stage_s", "swap_s"}
-    assert runtime.live_version == "v1"
+    assert rooted.live_version == "v1"
 
-    bad = {"model": NAME, "version": "v2", "path": str(versions["bad"])}
-    answer = requests.post(url, json=bad, timeout=30)
+    store.flip(MODEL, "v2")  # the agent flips to a version the slots cannot hold
+    answer = requests.post(url, json={"model": NAME, "version": "v2"}, timeout=30)
     assert answer.status_code == 409
     body = answer.json()
     assert body["ok"] is False
     assert body["live_version"] == "v1"
     assert "lora rank 16 exceeds slot rank 8" in body["reason"]
-    assert runtime.live_version == "v1"
+    assert rooted.live_version == "v1"
 
     status = requests.get(server.url("/modelcache/status"), timeout=30).json()
     assert status["models"][NAME]["live_version"] == "v1"
@@ -64,14 +72,87 @@ def test_reload_over_http(
 
 
 def test_the_agents_reload_client_reads_the_answers(
-    server: ReloadServer, versions: dict[str, Path]
+    server: ReloadServer, store: Store, versions: dict[str, Path]
 ) -> None:
-    ok = call_reload(server.url(), model=NAME, version="v1", path=versions["good"])
+    ok = call_reload(server.url(), model=NAME, version="v1")
     assert (ok.ok, ok.status, ok.live_version) == (True, 200, "v1")
-    refused = call_reload(server.url(), model=NAME, version="v2", path=versions["bad"])
+    store.flip(MODEL, "v2")
+    refused = call_reload(server.url(), model=NAME, version="v2")
     assert (refused.ok, refused.status, refused.live_version) == (False, 409, "v1")
     assert refused.reason is not None
     assert "exceeds slot rank" in refused.reason
+    assert refused.answered, "a refusal is a verdict, not a pod still starting"
+
+
+def _point_current(store: Store, target: str) -> None:
+    link = store.current_path(MODEL)
+    tmp = link.with_name("current.test")
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+def test_a_caller_cannot_make_the_pod_load_anything_but_current(
+    rooted: LoraRuntime, store: Store, versions: dict[str, Path], tmp_path: Path, model: TinyNet
+) -> None:
+    """Forged directories, other installed versions, paths outside the root, symlinks and
+    special files: the live version never changes."""
+    service = ReloadService([rooted])
+    assert service.handle(json.dumps({"model": NAME, "version": "v1"}).encode())[0] == 200
+    x = torch.randn(4, 16)
+    with torch.no_grad():
+        before = model(x)
+    forged = write_version(tmp_path / "forged" / "v3", "v3", make_adapter(3).files(tmp=tmp_path))
+    versions_dir = store.version_path(MODEL, "v1").parent
+
+    def call(**fields: str) -> tuple[int, dict[str, Any]]:
+        return service.handle(json.dumps({"model": NAME, **fields}).encode())
+
+    attempts = [
+        call(version="v3", path=str(forged)),  # a forged version outside the root
+        call(version="v2"),  # installed, prefetched, never released: current names v1
+        call(version="v2", path=str(versions["bad"])),
+    ]
+    _point_current(store, str(forged))  # current itself pointing outside the root
+    attempts.append(call(version="v3"))
+    (versions_dir / "v4").symlink_to(forged, target_is_directory=True)  # a symlinked version
+    _point_current(store, "versions/v4")
+    attempts.append(call(version="v4"))
+    fifo_version = write_version(versions_dir / "v5", "v5", make_adapter(5).files(tmp=tmp_path))
+    adapter = next(fifo_version.glob("*.safetensors"))
+    adapter.unlink()
+    os.mkfifo(adapter)  # a special file: reading it would hang the pod
+    _point_current(store, "versions/v5")
+    attempts.append(call(version="v5"))
+    linked = write_version(versions_dir / "v6", "v6", make_adapter(6).files(tmp=tmp_path))
+    outside = next(linked.glob("*.safetensors"))
+    outside.unlink()
+    outside.symlink_to(next(forged.glob("*.safetensors")))  # a file symlinked out
+    _point_current(store, "versions/v6")
+    attempts.append(call(version="v6"))
+    _point_current(store, "../../../../etc")
+    attempts.append(call(version="etc"))
+
+    for status, answer in attempts:
+        assert status == 409, answer
+        assert answer["live_version"] == "v1", answer
+    assert rooted.live_version == "v1"
+    with torch.no_grad():
+        assert torch.equal(model(x), before), "the live weights never changed"
+
+
+def test_without_a_root_there_is_no_reload_endpoint(runtime: LoraRuntime) -> None:
+    with pytest.raises(ValueError, match=r"RuntimeConfig\.root"):
+        ReloadService([runtime])
+
+
+def test_reload_calls_are_bounded(rooted: LoraRuntime, versions: dict[str, Path]) -> None:
+    """The most a caller can do is ask the pod to re-read `current`, and only so often."""
+    service = ReloadService([rooted], reloads_per_second=2)
+    call = json.dumps({"model": NAME, "version": "v1"}).encode()
+    statuses = [service.handle(call)[0] for _ in range(5)]
+    assert statuses[:2] == [200, 200]
+    assert 429 in statuses[2:]
+    assert rooted.live_version == "v1"
 
 
 @pytest.mark.parametrize(
@@ -108,16 +189,19 @@ async def call_asgi(app: Any, method: str, body: bytes) -> tuple[int, dict[str, 
     return sent[0]["status"], json.loads(sent[1]["body"])
 
 
-def test_reload_through_the_asgi_route(runtime: LoraRuntime, versions: dict[str, Path]) -> None:
-    app = asgi_app(ReloadService([runtime]))
+def test_reload_through_the_asgi_route(
+    rooted: LoraRuntime, store: Store, versions: dict[str, Path]
+) -> None:
+    app = asgi_app(ReloadService([rooted]))
 
-    def post(version: str, path: Path) -> tuple[int, dict[str, Any]]:
-        call = {"model": NAME, "version": version, "path": str(path)}
+    def post(version: str) -> tuple[int, dict[str, Any]]:
+        call = {"model": NAME, "version": version}
         return asyncio.run(call_asgi(app, "POST", json.dumps(call).encode()))
 
-    status, body = post("v1", versions["good"])
+    status, body = post("v1")
     assert (status, body["ok"], body["live_version"]) == (200, True, "v1")
-    status, body = post("v2", versions["bad"])
+    store.flip(MODEL, "v2")
+    status, body = post("v2")
     assert (status, body["ok"], body["live_version"]) == (409, False, "v1")
     assert "exceeds slot rank" in body["reason"]
     status, body = asyncio.run(call_asgi(app, "GET", b""))

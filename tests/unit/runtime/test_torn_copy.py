@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from modelcache.runtime import LoraRuntime, ReloadService, TornWeightsError
+from modelcache.runtime import LoraRuntime, ReloadService, RuntimeConfig, TornWeightsError
 from modelcache.store import Store
 from tests.unit.runtime.support import (
     MODEL,
@@ -39,22 +39,23 @@ def failing_halfway(runtime: LoraRuntime, monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_a_copy_failing_partway_refuses_requests_until_a_swap_succeeds(
     model: TinyNet,
-    runtime: LoraRuntime,
     store: Store,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     x = inputs()
+    runtime = LoraRuntime(model, RuntimeConfig(model=str(MODEL), root=store.root))
     adapters = {"v1": make_adapter(1), "v2": make_adapter(2)}
     paths = {v: install_version(store, v, a.files(tmp=tmp_path)) for v, a in adapters.items()}
     runtime.swap("v1", paths["v1"])
     service = ReloadService([runtime])
 
     failing_halfway(runtime, monkeypatch)
-    call = json.dumps({"model": str(MODEL), "version": "v2", "path": str(paths["v2"])}).encode()
+    store.flip(MODEL, "v2")  # the agent flips, then calls
+    call = json.dumps({"model": str(MODEL), "version": "v2"}).encode()
     status, answer = service.handle(call)
 
-    assert status == 500
+    assert status == 500, answer
     assert answer["kind"] == "torn"
     assert answer["live_version"] is None
     assert "v1 and v2" in answer["reason"]
