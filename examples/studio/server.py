@@ -20,7 +20,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +47,12 @@ from modelcache.runtime import (
     TornWeightsError,
     watch_current,
 )
+from modelcache.runtime.httpserver import BoundedHandler, BoundedHTTPServer
 
 log = logging.getLogger("examples.studio")
 
 RELOAD_PATH = "/modelcache/reload"
 STATUS_PATH = "/modelcache/status"
-MAX_BODY = 64 * 1024
 
 
 class BadRequestError(Exception):
@@ -213,24 +212,21 @@ def parse_generate(body: bytes) -> tuple[int, int | None, bool]:
     return seed, steps, bool(with_image)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: StudioServer
-    protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
         routes: dict[str, Callable[[bytes], tuple[int, dict[str, Any]]]] = {
             "/generate": self._generate,
             RELOAD_PATH: self.server.studio.reload,
         }
         route = routes.get(self.path)
         if route is None:
-            self._json(404, {"ok": False, "reason": f"no POST {self.path}"})
+            self.send_json(404, {"ok": False, "reason": f"no POST {self.path}"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._json(413, {"ok": False, "reason": f"body over {MAX_BODY} bytes"})
-            return
-        self._json(*route(self.rfile.read(length)))
+        body = self.read_body()
+        if body is not None:
+            self.send_json(*route(body))
 
     def _generate(self, body: bytes) -> tuple[int, dict[str, Any]]:
         try:
@@ -242,40 +238,26 @@ class _Handler(BaseHTTPRequestHandler):
             return 503, {"ok": False, "reason": str(error), "version": None}
         return 200, {"ok": True, **generation.to_json(with_image=with_image)}
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802
         studio = self.server.studio
         if self.path == "/metrics":
-            self._send(200, studio.metrics(), CONTENT_TYPE_LATEST)
+            self.send_bytes(200, studio.metrics(), CONTENT_TYPE_LATEST)
         elif self.path == "/healthz":
-            self._json(200, studio.health())
+            self.send_json(200, studio.health())
         elif self.path == "/readyz":
             live = studio.live_version
             torn = studio.runtime.controller.torn  # a failed copy: not ready until a swap works
             ready = torn is None and (live is not None or studio.allow_base)
-            self._json(200 if ready else 503, {"ok": ready, "live_version": live})
+            self.send_json(200 if ready else 503, {"ok": ready, "live_version": live})
         elif self.path == STATUS_PATH:
-            self._json(200, {**studio.reloads.status(), "last_reload": studio.last_reload})
+            self.send_json(200, {**studio.reloads.status(), "last_reload": studio.last_reload})
         else:
-            self._json(404, {"ok": False, "reason": f"no GET {self.path}"})
-
-    def _json(self, status: int, answer: dict[str, Any]) -> None:
-        self._send(status, json.dumps(answer).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # one structured line per generation instead of access lines
+            self.send_json(404, {"ok": False, "reason": f"no GET {self.path}"})
 
 
-class StudioServer(ThreadingHTTPServer):
-    """`StudioServer(studio, port=8000).start()` serves on a daemon thread; `.stop()`."""
-
-    daemon_threads = True
+class StudioServer(BoundedHTTPServer):
+    """`StudioServer(studio, port=8000).start()` serves on a daemon thread; `.stop()`.
+    Bounded like the reload server (modelcache/runtime/httpserver.py)."""
 
     def __init__(self, studio: Studio, *, host: str = "0.0.0.0", port: int = 8000) -> None:  # noqa: S104
         super().__init__((host, port), _Handler)

@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelcache.api.names import check_version, parse_model_ref
+from modelcache.api.problems import one_line
 from modelcache.sources.base import parse_source_url
 
 DEFAULT_ROOT = Path("/var/lib/modelcache")
@@ -111,14 +112,14 @@ def load_config(path: Path) -> AgentConfig:
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as error:
-        raise ConfigError(f"agent config {path} is not valid YAML: {error}") from None
+        mark = getattr(error, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or one_line(error)
+        raise ConfigError(f"agent config {path} is not valid YAML{where}: {problem}") from None
     try:
         config = AgentConfig.model_validate(data)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in error.errors()
-        )
-        raise ConfigError(f"agent config {path}: {problems}") from None
+        raise ConfigError(f"agent config {path}: {one_line(error)}") from None
     names = [parse_model_ref(m.name) for m in config.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"agent config {path}: a model is listed twice")

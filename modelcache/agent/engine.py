@@ -152,18 +152,40 @@ class CacheEngine:
     ) -> PullResult:
         """Make `version` installed on this node; download only blobs the node lacks."""
         shown = progress or _NoProgress()
-        self.remember_source(model, url)
-        if self.store.has_version(model, version):
-            files = len(self.store.manifest(model, version).files)
-            self.events.emit(AlreadyCached(model=str(model), version=version, files=files))
-            return PullResult(model, version, files, 0, 0, 0.0, already_installed=True)
         try:
-            return self._download(model, url, version, shown, credentials)
+            if self.store.has_version(model, version):
+                self._check_new_source(model, url, version, credentials)
+                files = len(self.store.manifest(model, version).files)
+                self.events.emit(AlreadyCached(model=str(model), version=version, files=files))
+                return PullResult(model, version, files, 0, 0, 0.0, already_installed=True)
+            result = self._download(model, url, version, shown, credentials)
         except (SourceError, StoreError) as error:  # every failed pull is an event, early or late
             self.events.emit(
                 Failed(operation="pull", model=str(model), version=version, error=str(error))
             )
             raise
+        # Recorded only once the URL has served the version: a failed pull changes nothing.
+        self.remember_source(model, url)
+        return result
+
+    def _check_new_source(
+        self, model: ModelRef, url: str, version: str, credentials: Credentials | None
+    ) -> None:
+        """A held version asked for from another URL: record that URL only once it proves
+        to hold the very same version (a mistyped one fails and changes nothing)."""
+        recorded = self.source_of(model)
+        if recorded == url:
+            return
+        if recorded is not None:
+            theirs = read_manifest(self.client(url, credentials), version)
+            ours = self.store.manifest(model, version)
+            if [(f.path, f.sha256) for f in theirs.files] != [
+                (f.path, f.sha256) for f in ours.files
+            ]:
+                raise SourceError(
+                    f"{url} holds another {version!r} than the one installed from {recorded}"
+                )
+        self.remember_source(model, url)
 
     def _download(
         self,
@@ -347,8 +369,29 @@ class CacheEngine:
         if source is None:
             report.unrepaired.append(entry.sha256)
             return
-        self.store.quarantine_blob(entry.sha256)
+        try:
+            relinked = self._repair(source, version, entry)
+        except (SourceError, StoreError) as error:  # report every corrupt file, not the first
+            report.unrepaired.append(entry.sha256)
+            self.events.emit(
+                Failed(operation="repair", model=str(model), version=version, error=str(error))
+            )
+            return
+        report.repaired.append(entry.sha256)
+        self.events.emit(
+            Repaired(
+                model=str(model),
+                version=version,
+                file=entry.path,
+                sha256=entry.sha256,
+                relinked=relinked,
+            )
+        )
+
+    def _repair(self, source: str, version: str, entry: ManifestFile) -> int:
+        """Fetch a verified copy of a corrupt blob from L3; returns the files relinked."""
         client = self.client(source)
+        self.store.quarantine_blob(entry.sha256)
         tmp = self.store.tmp_path(entry.sha256)
         with self.store.blob_lock(entry.sha256):
             download_file(
@@ -360,17 +403,7 @@ class CacheEngine:
                 limiter=self.limiter,
             )
             self.store.adopt_blob(tmp, entry.sha256)
-        relinked = self.store.relink(entry.sha256)
-        report.repaired.append(entry.sha256)
-        self.events.emit(
-            Repaired(
-                model=str(model),
-                version=version,
-                file=entry.path,
-                sha256=entry.sha256,
-                relinked=relinked,
-            )
-        )
+        return self.store.relink(entry.sha256)
 
     # -- L2: retention ----------------------------------------------------------------------
     def retain(self, model: ModelRef, keep: int, protect: Iterable[str] = ()) -> list[str]:

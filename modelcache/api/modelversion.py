@@ -61,7 +61,7 @@ class Rollout(CRDModel):
     @classmethod
     def _positive(cls, value: int | str) -> int | str:
         if (isinstance(value, int) and value < 1) or (
-            isinstance(value, str) and not PERCENT.match(value)
+            isinstance(value, str) and not PERCENT.fullmatch(value)
         ):
             raise ValueError("maxUnavailable must be a count >= 1 or a percentage from 1% to 100%")
         return value

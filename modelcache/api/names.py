@@ -11,9 +11,11 @@ import re
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?$")
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([a-z0-9\-.]{0,251}[a-z0-9])?$")
+# Matched with fullmatch: `$` alone would accept a trailing newline ("v1\n").
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}")
+_DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?")
+_DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([a-z0-9\-.]{0,251}[a-z0-9])?")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 RESERVED_FILE_NAMES = frozenset({"manifest.json"})
 MAX_PATH_LENGTH = 1024
 
@@ -24,7 +26,7 @@ class InvalidName(ValueError):  # noqa: N818 - reads as what it is at the raise 
 
 def check_version(version: str) -> str:
     """A version is one path segment: letters, digits, `.`, `_`, `+`, `-`; never `/` or `..`."""
-    if not _VERSION.match(version) or ".." in version:
+    if not _VERSION.fullmatch(version) or ".." in version:
         raise InvalidName(
             f"invalid version {version!r}: use 1-128 of letters, digits, '.', '_', '+', '-', "
             "starting with a letter or digit, without '/' or '..'"
@@ -45,8 +47,8 @@ def _relative_path_problem(path: str) -> str | None:
         return "empty"
     if len(path) > MAX_PATH_LENGTH:
         return f"longer than {MAX_PATH_LENGTH} characters"
-    if "\x00" in path or "\\" in path:
-        return "contains a NUL or a backslash"
+    if _CONTROL.search(path) or "\\" in path:
+        return "contains a control character (newline, NUL...) or a backslash"
     if path.startswith("/"):
         return "absolute paths are not allowed"
     parts = path.split("/")
@@ -61,9 +63,9 @@ def _relative_path_problem(path: str) -> str | None:
 
 def check_model_name(namespace: str, name: str) -> tuple[str, str]:
     """Namespace: a DNS label; name: a DNS subdomain (Kubernetes object name rules)."""
-    if not _DNS_LABEL.match(namespace):
+    if not _DNS_LABEL.fullmatch(namespace):
         raise InvalidName(f"invalid namespace {namespace!r}: use a DNS label (a-z, 0-9, '-')")
-    if not _DNS_SUBDOMAIN.match(name) or ".." in name:
+    if not _DNS_SUBDOMAIN.fullmatch(name) or ".." in name:
         raise InvalidName(f"invalid model name {name!r}: use a DNS subdomain (a-z, 0-9, '-', '.')")
     return namespace, name
 

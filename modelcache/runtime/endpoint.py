@@ -25,7 +25,6 @@ import json
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -33,9 +32,15 @@ from pydantic import ValidationError
 
 from modelcache.api.reload import ReloadAnswer, ReloadRequest
 from modelcache.runtime.errors import SwapRefused, TornWeightsError
+from modelcache.runtime.httpserver import (
+    IDLE_TIMEOUT_S,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    BoundedHandler,
+    BoundedHTTPServer,
+)
 from modelcache.runtime.runtime import LoraRuntime
 
-MAX_BODY = 64 * 1024
 RELOAD_PATH = "/modelcache/reload"
 STATUS_PATH = "/modelcache/status"
 METRICS_PATH = "/metrics"
@@ -138,46 +143,29 @@ class ReloadService:
         return b"".join(generate_latest(r) for r in registries.values())
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(BoundedHandler):
     server: ReloadServer
-    protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
         if self.path != self.server.reload_path:
-            self._json(404, {"ok": False, "reason": f"POST {self.server.reload_path}"})
+            self.send_json(404, {"ok": False, "reason": f"POST {self.server.reload_path}"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            self._json(413, {"ok": False, "reason": f"body over {MAX_BODY} bytes"})
-            return
-        self._json(*self.server.service.handle(self.rfile.read(length)))
+        body = self.read_body()
+        if body is not None:
+            self.send_json(*self.server.service.handle(body))
 
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802
         if self.path == METRICS_PATH:
-            self._send(200, self.server.service.metrics(), CONTENT_TYPE_LATEST)
+            self.send_bytes(200, self.server.service.metrics(), CONTENT_TYPE_LATEST)
         elif self.path == STATUS_PATH:
-            self._json(200, self.server.service.status())
+            self.send_json(200, self.server.service.status())
         else:
-            self._json(404, {"ok": False, "reason": f"no {self.path}"})
-
-    def _json(self, status: int, answer: dict[str, Any]) -> None:
-        self._send(status, json.dumps(answer).encode(), "application/json")
-
-    def _send(self, status: int, body: bytes, content_type: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass  # swaps log through `logging`; per-call access lines would be noise
+            self.send_json(404, {"ok": False, "reason": f"no {self.path}"})
 
 
-class ReloadServer(ThreadingHTTPServer):
-    """`with ReloadServer(service, port=8000) as server:` serves on a daemon thread."""
-
-    daemon_threads = True
+class ReloadServer(BoundedHTTPServer):
+    """`with ReloadServer(service, port=8000) as server:` serves on a daemon thread; bounded
+    (connections, idle time, body size: httpserver.py)."""
 
     def __init__(
         self,
@@ -186,8 +174,12 @@ class ReloadServer(ThreadingHTTPServer):
         host: str = "0.0.0.0",  # noqa: S104 - the agent calls the pod by its IP
         port: int = 8000,
         reload_path: str = RELOAD_PATH,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT_S,
     ) -> None:
-        super().__init__((host, port), _Handler)
+        super().__init__(
+            (host, port), _Handler, max_connections=max_connections, idle_timeout=idle_timeout
+        )
         self.service = service
         self.reload_path = reload_path
         self._thread: threading.Thread | None = None

@@ -71,6 +71,13 @@ def parse_source_url(url: str) -> SourceURL:
         return SourceURL("file", "", str(Path(url).expanduser().resolve()), url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
+    if "@" in parts.netloc:  # user[:password]@host: never echoed, never stored
+        host = parts.netloc.rpartition("@")[2]
+        raise InvalidSourceURL(
+            f"{parts.scheme}://***@{host}{parts.path}: credentials in a URL are refused "
+            "(they would be written to logs, events and the recorded source); use a Secret "
+            "or environment variables"
+        )
     if scheme not in SCHEMES:
         raise InvalidSourceURL(
             f"unknown URL scheme {parts.scheme!r} in {url!r}: use oss://, s3://, file://, "
@@ -87,10 +94,6 @@ def parse_source_url(url: str) -> SourceURL:
         return SourceURL(scheme, "", base + parts.path.rstrip("/"), url)
     if not parts.netloc:
         raise InvalidSourceURL(f"URL {url!r} has no bucket: use {scheme}://bucket/prefix")
-    if parts.username or parts.password:
-        raise InvalidSourceURL(
-            f"{scheme}:// URLs must not carry credentials; use environment variables or flags"
-        )
     return SourceURL(scheme, parts.netloc, parts.path.strip("/"), url)
 
 

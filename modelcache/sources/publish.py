@@ -15,6 +15,7 @@ from pathlib import Path
 
 from modelcache.api.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, ManifestFile, VersionIndex
 from modelcache.api.names import check_relative_path, check_version
+from modelcache.api.problems import one_line
 from modelcache.sources.base import ObjectClient, ObjectNotFound, Progress, SourceError
 from modelcache.sources.checksum import hash_file
 
@@ -65,7 +66,7 @@ def read_manifest(client: ObjectClient, version: str) -> Manifest:
     try:
         manifest = Manifest.from_json(data)
     except ValueError as error:
-        raise SourceError(f"invalid manifest {client.describe(key)}: {error}") from None
+        raise SourceError(f"invalid manifest {client.describe(key)}: {one_line(error)}") from None
     if manifest.version != version:
         raise SourceError(
             f"manifest {client.describe(key)} says version {manifest.version!r}, "
@@ -81,7 +82,9 @@ def read_index(client: ObjectClient) -> VersionIndex:
     except ObjectNotFound:
         return VersionIndex()
     except ValueError as error:
-        raise SourceError(f"invalid index {client.describe(INDEX_NAME)}: {error}") from None
+        raise SourceError(
+            f"invalid index {client.describe(INDEX_NAME)}: {one_line(error)}"
+        ) from None
 
 
 def publish(

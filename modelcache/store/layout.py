@@ -39,13 +39,13 @@ RESUME_SUFFIX = ".resume.json"
 
 def check_sha256(sha256: str) -> str:
     """A digest becomes a path: only 64 lowercase hex characters get that far."""
-    if not _SHA256.match(sha256):
+    if not _SHA256.fullmatch(sha256):
         raise StoreError(f"invalid sha256 {sha256!r}: expected 64 lowercase hex characters")
     return sha256
 
 
 def is_sha256(name: str) -> bool:
-    return _SHA256.match(name) is not None
+    return _SHA256.fullmatch(name) is not None
 
 
 def is_version_name(name: str) -> bool:

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
 from modelcache.api.names import ModelRef
+from modelcache.api.problems import one_line
 from modelcache.store.blobs import same_inode
 from modelcache.store.durable import fsync_dir, link_atomic, remove_tree
 from modelcache.store.errors import StoreError, VersionNotInstalled
@@ -45,7 +46,9 @@ def read_manifest(layout: Layout, model: ModelRef, version: str) -> Manifest:
     try:
         return Manifest.from_json(data)
     except ValidationError as error:
-        raise StoreError(f"{model}: version {version!r}: unreadable {path}: {error}") from None
+        raise StoreError(
+            f"{model}: version {version!r}: unreadable {path}: {one_line(error)}"
+        ) from None
 
 
 def is_installed(layout: Layout, model: ModelRef, version: str) -> bool:

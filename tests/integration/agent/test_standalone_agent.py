@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from modelcache.agent.events import read_events
+from modelcache.sources.publish import publish
+from modelcache.sources.registry import open_source
 from modelcache.testing import ObjectStore
 from modelcache.testing.ports import free_port
 from tests.integration.cli.support import make_model
@@ -155,3 +157,32 @@ def test_agent_follows_its_config_reloads_pods_and_repairs(
         if line.startswith("{")
     ]
     assert [p["event"] for p in printed] == kinds, "stdout carries the same event stream"
+
+
+def test_once_fails_when_a_reload_url_does_not_take_the_version(tmp_path: Path) -> None:
+    """`agent --once` (cron, an init container) exits 1 and says why when a pod did not
+    acknowledge the live version; 0 once it does."""
+    model = make_model(tmp_path / "model", seed=3, sizes={"lora/w.safetensors": 4096})
+    l3 = tmp_path / "l3"
+    publish(open_source(f"file://{l3}"), model, "v1")
+    closed = f"http://127.0.0.1:{free_port()}/reload"  # nothing listens there
+    config = {
+        "root": str(tmp_path / "cache"),
+        "metrics_port": None,
+        "verify": {"enabled": False},
+        "models": [
+            {"name": "studio/lora", "source": f"file://{l3}", "version": "v1", "reload": [closed]}
+        ],
+    }
+    path = tmp_path / "node.yaml"
+    path.write_text(yaml.safe_dump(config))
+    once = [sys.executable, "-m", "modelcache", "agent", "--config", str(path), "--once"]
+    failed = subprocess.run(once, capture_output=True, text=True, timeout=120, check=False)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "reload" in failed.stderr
+    assert (tmp_path / "cache/models/studio/lora/current").resolve().name == "v1"
+
+    config["models"][0]["reload"] = []
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(once, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr

@@ -74,3 +74,22 @@ def test_not_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "models: [unclosed"))
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "models: [\n  {name: a/b\n",  # unclosed flow mapping
+        "root: /x\n\tnode: a\n",  # a tab
+        "models:\n  - name: a/b\n    source: oss://b/m\n    version: v1\n    retain: 0\n"
+        "    prefetch: [../x]\n    extra: 1\n  - name: NOT VALID\n",
+    ],
+)
+def test_a_bad_config_is_one_line_naming_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "node.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    message = str(refused.value)
+    assert "\n" not in message
+    assert str(path) in message

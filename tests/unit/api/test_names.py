@@ -10,10 +10,13 @@ from hypothesis import strategies as st
 
 from modelcache.api.names import (
     InvalidName,
+    check_model_name,
     check_relative_path,
     check_version,
     parse_model_ref,
 )
+from modelcache.store.errors import StoreError
+from modelcache.store.layout import check_sha256
 
 
 @pytest.mark.parametrize("good", ["v1", "v2.3.1", "2024-11-24", "v1.0.0+build.7", "rc_1"])
@@ -72,3 +75,25 @@ def test_model_refs() -> None:
         parse_model_ref("studio/../etc")
     with pytest.raises(InvalidName, match="invalid namespace"):
         parse_model_ref("Studio/lora")
+
+
+CONTROL = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.just("\x7f")
+
+
+@given(name=st.sampled_from(["v1", "lora", "studio"]), control=CONTROL, where=st.booleans())
+def test_a_name_with_a_control_character_is_refused_in_full(
+    name: str, control: str, where: bool
+) -> None:
+    """ "v1\\n" would create a directory that `ls` shows like the real one: every name is
+    checked in full, not up to a trailing newline."""
+    bad = f"{name}{control}" if where else f"{control}{name}"
+    for check in (
+        check_version,
+        lambda n: check_model_name("studio", n),
+        lambda n: check_model_name(n, "lora"),
+        check_relative_path,
+    ):
+        with pytest.raises(InvalidName):
+            check(bad)
+    with pytest.raises(StoreError):
+        check_sha256("a" * 64 + "\n")

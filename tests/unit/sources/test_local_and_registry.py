@@ -7,6 +7,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from modelcache.api.manifest import ManifestFile
 from modelcache.sources.base import (
@@ -15,6 +17,7 @@ from modelcache.sources.base import (
     ObjectChanged,
     ObjectNotFound,
     SourceError,
+    parse_source_url,
 )
 from modelcache.sources.checksum import StreamHasher
 from modelcache.sources.download import (
@@ -209,3 +212,18 @@ def test_size_mismatch_is_refused_before_any_byte(client: LocalClient, tmp_path:
         download_file(client, KEY, entry, tmp_path / "blob", progress=seen)
     assert (error.value.what, error.value.expected, error.value.actual) == ("size", "1000", "999")
     assert seen.total == 0
+
+
+@given(
+    scheme=st.sampled_from(["http", "https", "oss", "s3"]),
+    user=st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=12),
+    secret=st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789", min_size=6, max_size=24),
+)
+def test_credentials_in_a_url_are_refused_and_never_echoed(
+    scheme: str, user: str, secret: str
+) -> None:
+    url = f"{scheme}://{user}:{secret}@models.example/lora"
+    with pytest.raises(InvalidSourceURL) as refused:
+        parse_source_url(url)
+    assert secret not in str(refused.value)
+    assert "credentials in a URL are refused" in str(refused.value)
