@@ -114,7 +114,7 @@ def load_config(path: Path) -> AgentConfig:
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or one_line(error)
+        problem = " ".join(str(getattr(error, "problem", None) or error).split())
         raise ConfigError(f"agent config {path} is not valid YAML{where}: {problem}") from None
     try:
         config = AgentConfig.model_validate(data)

@@ -17,5 +17,7 @@ def one_line(error: Exception) -> str:
             for e in problems[:MAX_PROBLEMS]
         )
         more = len(problems) - MAX_PROBLEMS
-        return shown + (f" (and {more} more)" if more > 0 else "")
-    return " ".join(str(error).split())
+        text = shown + (f" (and {more} more)" if more > 0 else "")
+    else:
+        text = str(error)
+    return " ".join(text.split())  # a field name or a message may hold newlines too

@@ -22,7 +22,9 @@ import torch
 
 from modelcache.runtime.errors import SwapRefused
 
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+# safetensors' own limit is 100 MB; a LoRA's header is a few hundred KB (2000 tensors),
+# and parsing 100 MB of JSON costs seconds and gigabytes: an adapter gets 16 MiB.
+MAX_HEADER_BYTES = 16 * 1024 * 1024
 METADATA_KEY = "__metadata__"
 
 DTYPES: dict[str, torch.dtype] = {
@@ -91,7 +93,7 @@ def read_header(handle: BinaryIO, file_size: int, *, where: str) -> Header:
         raise SwapRefused("format", f"{where}: file ended inside the header")
     try:
         parsed = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (ValueError, RecursionError) as error:  # bad UTF-8/JSON, a 5000-digit number...
         raise SwapRefused("format", f"{where}: header is not JSON: {error}") from None
     if not isinstance(parsed, dict):
         raise SwapRefused("format", f"{where}: header is not a JSON object")
@@ -115,13 +117,13 @@ def _entry(name: str, info: object, where: str) -> TensorEntry:
         raise SwapRefused(
             "dtype", f"{where}: tensor {name!r} has unknown dtype {info.get('dtype')}"
         )
-    if not (isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape)):
+    if not (isinstance(shape, list) and all(_count(d) for d in shape)):
         raise SwapRefused("format", f"{where}: tensor {name!r} has a bad shape {shape!r}")
     if not (
         isinstance(offsets, list)
         and len(offsets) == 2
-        and all(isinstance(o, int) for o in offsets)
-        and 0 <= offsets[0] <= offsets[1]
+        and all(_count(o) for o in offsets)
+        and offsets[0] <= offsets[1]
     ):
         raise SwapRefused("format", f"{where}: tensor {name!r} has bad data_offsets {offsets!r}")
     entry = TensorEntry(name, dtype, tuple(shape), offsets[0], offsets[1])
@@ -133,6 +135,11 @@ def _entry(name: str, info: object, where: str) -> TensorEntry:
             f"{entry.dtype_name}{list(entry.shape)} needs {expected}",
         )
     return entry
+
+
+def _count(value: object) -> bool:
+    """A non-negative JSON integer: not a bool (which Python counts as an int), not a float."""
+    return type(value) is int and value >= 0
 
 
 def _check_layout(tensors: Mapping[str, TensorEntry], data_size: int, where: str) -> None:
