@@ -7,6 +7,7 @@ downloading only blobs the node does not have, and reports every step as an even
 
 from __future__ import annotations
 
+import errno
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -37,11 +38,13 @@ from modelcache.sources.download import (
     PullOptions,
     RateLimiter,
     VerificationError,
+    discard,
     download_file,
 )
 from modelcache.sources.publish import read_manifest
 from modelcache.sources.registry import open_source
 from modelcache.store import ModelRef, Store, StoreError
+from modelcache.store.errors import DiskFull
 
 
 class PullProgress(Protocol):
@@ -289,6 +292,17 @@ class CacheEngine:
                     )
                 )
                 raise
+            except OSError as error:
+                if error.errno != errno.ENOSPC:
+                    raise
+                # The disk filled up after the up-front check (someone else wrote): give the
+                # preallocated partial back, or every later command fails on a full disk.
+                discard(self.store.tmp_path(sha256))
+                free = self.store.usage().free_bytes
+                raise DiskFull(
+                    f"{self.store.root} is full: {model} {version} needed {entry.size} more "
+                    f"bytes for {entry.path}, {free} are free (the partial download was removed)"
+                ) from None
             self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
         self.events.emit(
             FileFetched(

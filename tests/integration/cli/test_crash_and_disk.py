@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -10,6 +11,12 @@ from pathlib import Path
 
 import pytest
 
+from modelcache.agent.engine import CacheEngine
+from modelcache.agent.events import EventLog
+from modelcache.sources.publish import publish
+from modelcache.sources.registry import open_source
+from modelcache.store import ModelRef, Store
+from modelcache.store.errors import DiskFull
 from tests.integration.cli.support import BUCKET, Cli, make_model, same_tree
 
 SMALL = {"lora/20.safetensors": 256 * 1024, "vae/config.json": 700}
@@ -126,3 +133,43 @@ def test_configured_high_watermark_refuses_a_pull(cli: Cli, prefix: str, tmp_pat
     assert error["operation"] == "pull"
     assert "watermark" in error["error"]
     assert not [e for e in cli.events("L3_PULL_START") if e["version"] == "v2"]
+
+
+class FillTheDisk:
+    """Someone else writes to the node's disk after the pull's space check passed."""
+
+    def __init__(self, disk: Path) -> None:
+        self.filler = disk / "someone-else"
+
+    def start(self, model: str, version: str, total_bytes: int, files: int) -> None:
+        free = shutil.disk_usage(self.filler.parent).free
+        self.filler.write_bytes(b"\0" * max(free - 1024 * 1024, 0))
+
+    def advance(self, nbytes: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+def test_a_disk_filling_up_mid_pull_gives_the_space_back(tmp_path: Path, small_disk: Path) -> None:
+    model = make_model(tmp_path / "v1", seed=4, sizes={"unet/w.safetensors": 3 * 1024 * 1024})
+    publish(open_source(f"file://{tmp_path / 'l3'}"), model, "v1")
+    store = Store(small_disk / "cache", high_watermark=1.0)
+    engine = CacheEngine(store, EventLog(small_disk / "cache" / "events.jsonl"))
+    ref, url = ModelRef("default", "lora"), f"file://{tmp_path / 'l3'}"
+    filling = FillTheDisk(small_disk)
+
+    with pytest.raises(DiskFull) as full:
+        engine.pull(ref, url, "v1", progress=filling)
+    message = str(full.value)
+    assert "\n" not in message
+    assert str(store.root) in message
+    assert "full" in message
+    leftovers = [p.name for p in (store.root / "tmp").iterdir() if p.is_file()]
+    assert leftovers == [], "the preallocated partial and its record are gone"
+    assert not store.has_version(ref, "v1")
+
+    filling.filler.unlink()  # the other writer is done: the same pull now works
+    assert engine.pull(ref, url, "v1").files_downloaded == 1
+    assert store.has_version(ref, "v1")
