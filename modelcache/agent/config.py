@@ -74,6 +74,8 @@ class PullConfig(_Strict):
     concurrency: Annotated[int, Field(ge=1, le=256)] = 16
     part_size_bytes: Annotated[int, Field(ge=64 * 1024)] = 8 * 1024**2
     max_bytes_per_second: Annotated[float | None, Field(gt=0)] = None
+    # A download gives up after this long without a byte (the agent retries it later).
+    stall_timeout_seconds: Annotated[float, Field(gt=0)] = 120.0
 
 
 class VerifyConfig(_Strict):

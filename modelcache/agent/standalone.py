@@ -86,6 +86,7 @@ class StandaloneAgent:
             concurrency=config.pull.concurrency,
             part_size=config.pull.part_size_bytes,
             bandwidth_limit=config.pull.max_bytes_per_second,
+            stall_timeout=config.pull.stall_timeout_seconds,
         )
         return CacheEngine(store, self.events, options=options)
 

@@ -20,6 +20,7 @@ import errno
 import json
 import logging
 import os
+import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -76,7 +77,11 @@ class PullOptions:
 
     concurrency: int = 16
     part_size: int = 8 * MiB
-    retries: int = 6
+    # A part gives up after `stall_timeout` seconds without a byte (a store gone for good),
+    # not after a count of failures: a flaky WAN that breaks every few MB, or a store back
+    # after a minute, still completes. `retries` caps attempts too when set (tests).
+    stall_timeout: float = 120.0
+    retries: int | None = None
     bandwidth_limit: float | None = None
 
     def __post_init__(self) -> None:
@@ -84,8 +89,10 @@ class PullOptions:
             raise ValueError(f"concurrency must be at least 1, not {self.concurrency}")
         if self.part_size < 1:
             raise ValueError(f"part size must be at least 1 byte, not {self.part_size}")
-        if self.retries < 0:
+        if self.retries is not None and self.retries < 0:
             raise ValueError(f"retries must not be negative, not {self.retries}")
+        if self.stall_timeout <= 0:
+            raise ValueError(f"stall timeout must be positive, not {self.stall_timeout}")
         if self.bandwidth_limit is not None and self.bandwidth_limit <= 0:
             raise ValueError(f"bandwidth limit must be positive, not {self.bandwidth_limit}")
 
@@ -307,10 +314,19 @@ class _Cursor:
 
     part: Part
     written: int = 0
+    progress_at: float = field(default_factory=time.monotonic)  # the last byte received
+    stalled: int = 0  # failed attempts since then
+    seen: int = 0  # `written` at the last failed attempt
 
     @property
     def position(self) -> int:
         return self.part.start + self.written
+
+    def failed(self) -> int:
+        """Count a failed attempt; attempts that moved bytes reset the backoff."""
+        self.stalled = 0 if self.written > self.seen else self.stalled + 1
+        self.seen = self.written
+        return self.stalled
 
 
 class _Aborted(Exception):  # noqa: N818 - internal signal, never escapes
@@ -363,7 +379,7 @@ class _Download:
     def fetch(self, part: Part) -> None:
         """Fetch one part, retrying transient failures from the last byte written."""
         cursor = _Cursor(part)
-        for try_ in self._retrying():
+        for try_ in self._retrying(cursor):
             with try_:
                 self._stream(cursor)
                 if cursor.written < part.length:
@@ -392,6 +408,7 @@ class _Download:
                     self.limiter.acquire(len(data))
                 _pwrite_all(self.fd, data, cursor.position)
                 cursor.written += len(data)
+                cursor.progress_at = time.monotonic()
                 if self.hasher is not None:
                     self.hasher.written(part.index, cursor.written)
                 if self.progress is not None:
@@ -407,10 +424,22 @@ class _Download:
         if self.abort.is_set():
             raise _Aborted
 
-    def _retrying(self) -> Retrying:
+    def _retrying(self, cursor: _Cursor) -> Retrying:
+        options = self.options
+
+        def give_up(state: RetryCallState) -> bool:
+            if options.retries is not None and state.attempt_number > options.retries:
+                return True
+            return time.monotonic() - cursor.progress_at > options.stall_timeout
+
+        def backoff(state: RetryCallState) -> float:
+            # 0.25 s, 0.5 s ... at most 8 s between tries, jittered; from the start again
+            # after an attempt that received bytes.
+            return random.uniform(0, min(8.0, 0.25 * 2 ** cursor.failed()))  # noqa: S311
+
         return Retrying(
-            stop=stop_after_attempt(self.options.retries + 1),
-            wait=wait_random_exponential(multiplier=0.5, max=30),
+            stop=give_up,
+            wait=backoff,
             retry=retry_if_exception_type(SourceUnreachable),
             sleep=self._sleep,
             before_sleep=_log_retry,

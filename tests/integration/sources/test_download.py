@@ -403,3 +403,22 @@ def test_kill_9_at_many_points_then_resume_is_byte_identical(
     assert seen.total == sum(p.length for p in parts if p.index not in claimed)
     assert seen.total < len(data)
     assert not resume_path(dest).exists()
+
+
+def test_a_link_that_keeps_breaking_completes_while_bytes_still_arrive(
+    http_server: RangeServer, tmp_path: Path
+) -> None:
+    """7 broken responses in a row on one part: those that move bytes start the backoff
+    over, and the pull completes (a fixed count of 6 retries gave up)."""
+    data = os.urandom(32 * MiB)
+    prefix = f"flakier-{time.monotonic_ns()}"
+    served = http_server.root / prefix / KEY
+    served.parent.mkdir(parents=True)
+    served.write_bytes(data)
+    client = open_source(f"{http_server.url}/{prefix}")
+    http_server.faults[served.resolve()] = 7
+    dest = tmp_path / "blob"
+    options = PullOptions(concurrency=1, part_size=32 * MiB)
+    download_file(client, KEY, entry_for(data), dest, options=options)
+    assert dest.read_bytes() == data
+    assert http_server.faults[served.resolve()] == 0
