@@ -186,13 +186,18 @@ def plan_parts(size: int, part_size: int) -> list[Part]:
 
 @dataclass(frozen=True)
 class ResumeRecord:
-    """What a partial file holds durably: the parts of one object version that are on disk."""
+    """What a partial file holds durably: the parts of one object version that are on disk,
+    and of the parts in progress, how many of their first bytes (`partial`)."""
 
     key: str
     etag: str
     size: int
     part_size: int
     done: frozenset[int] = field(default_factory=frozenset)
+    partial: tuple[tuple[int, int], ...] = ()  # (part index, bytes on disk from its start)
+
+    def started(self) -> dict[int, int]:
+        return dict(self.partial)
 
     def matches(self, key: str, etag: str, size: int, part_size: int) -> bool:
         return (self.key, self.etag, self.size, self.part_size) == (key, etag, size, part_size)
@@ -206,6 +211,7 @@ class ResumeRecord:
                 "size": self.size,
                 "part_size": self.part_size,
                 "done": sorted(self.done),
+                "partial": {str(i): n for i, n in self.partial},
             }
         ).encode()
 
@@ -227,7 +233,19 @@ class ResumeRecord:
             raise ValueError(f"resume record claims parts outside 0..{parts - 1}")
         if len(set(done)) != len(done):
             raise ValueError("resume record claims a part twice")
-        return cls(key, etag, size, part_size, frozenset(done))
+        partial = raw.get("partial", {})
+        if type(partial) is not dict:
+            raise ValueError("resume record field 'partial' is not an object")
+        started: list[tuple[int, int]] = []
+        for index_text, length in partial.items():
+            if not index_text.isdigit() or type(length) is not int:
+                raise ValueError(f"resume record has a bad partial entry {index_text!r}")
+            index = int(index_text)
+            span = min(part_size, size - index * part_size)
+            if not 0 <= index < parts or index in done or not 0 < length < span:
+                raise ValueError(f"resume record claims {length} bytes of part {index}")
+            started.append((index, length))
+        return cls(key, etag, size, part_size, frozenset(done), tuple(sorted(started)))
 
 
 def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
@@ -279,16 +297,30 @@ class _Journal:
         self._max_bytes = max_bytes
         self._lock = threading.Lock()
         self._pending: set[int] = set()
+        self._progress: dict[int, int] = record.started()  # parts in flight: bytes written
         self._pending_bytes = 0
         self._last = time.monotonic()
+
+    def progressed(self, part: Part, written: int, nbytes: int) -> None:
+        """Part `part` has `written` bytes from its start on disk (not yet fsynced)."""
+        with self._lock:
+            if written < part.length:  # a whole part is claimed by `finished`, in one go
+                self._progress[part.index] = written
+            else:
+                self._progress.pop(part.index, None)
+            self._pending_bytes += nbytes
+            self._maybe_flush()
 
     def finished(self, part: Part) -> None:
         with self._lock:
             self._pending.add(part.index)
-            self._pending_bytes += part.length
-            due = time.monotonic() - self._last >= self._interval
-            if due or self._pending_bytes >= self._max_bytes:
-                self._flush()
+            self._progress.pop(part.index, None)
+            self._maybe_flush()
+
+    def _maybe_flush(self) -> None:
+        due = time.monotonic() - self._last >= self._interval
+        if due or self._pending_bytes >= self._max_bytes:
+            self._flush()
 
     def flush(self) -> None:
         with self._lock:
@@ -296,10 +328,13 @@ class _Journal:
 
     def _flush(self) -> None:
         self._last = time.monotonic()
-        if not self._pending:
+        started = tuple(sorted((i, n) for i, n in self._progress.items() if n > 0))
+        if not self._pending and started == self._record.partial:
             return
         os.fsync(self._fd)  # the data first: the record may only claim what is on disk
-        self._record = replace(self._record, done=self._record.done | self._pending)
+        done = self._record.done | self._pending
+        started = tuple((i, n) for i, n in started if i not in done)
+        self._record = replace(self._record, done=done, partial=started)
         write_atomic(self._path, self._record.to_json())
         self._pending.clear()
         self._pending_bytes = 0
@@ -346,6 +381,7 @@ class _Download:
     progress: Progress | None
     limiter: RateLimiter | None
     hasher: OrderedHasher | None = None
+    resume_from: dict[int, int] = field(default_factory=dict)  # part -> bytes already on disk
     abort: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -377,8 +413,10 @@ class _Download:
         wait(futures)
 
     def fetch(self, part: Part) -> None:
-        """Fetch one part, retrying transient failures from the last byte written."""
-        cursor = _Cursor(part)
+        """Fetch one part, retrying transient failures from the last byte written (or from
+        what the resume record says is already on disk)."""
+        cursor = _Cursor(part, written=self.resume_from.get(part.index, 0))
+        cursor.seen = cursor.written
         for try_ in self._retrying(cursor):
             with try_:
                 self._stream(cursor)
@@ -409,6 +447,7 @@ class _Download:
                 _pwrite_all(self.fd, data, cursor.position)
                 cursor.written += len(data)
                 cursor.progress_at = time.monotonic()
+                self.journal.progressed(part, cursor.written, len(data))
                 if self.hasher is not None:
                     self.hasher.written(part.index, cursor.written)
                 if self.progress is not None:
@@ -636,6 +675,7 @@ def _fetch_all(
     with _open_partial(dest, key, info, options.part_size) as opened:
         parts = plan_parts(info.size, options.part_size)
         todo = [p for p in parts if p.index not in opened.record.done]
+        started = opened.record.started()
         journal = _Journal(opened.fd, resume_path(dest), opened.record)
         log.info(
             "downloading %s: %d bytes, %d of %d parts to fetch",
@@ -649,11 +689,12 @@ def _fetch_all(
                 "size": info.size,
                 "parts": len(parts),
                 "resumed_parts": len(parts) - len(todo),
+                "resumed_bytes": sum(started.values()),
             },
         )
-        hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done)
+        hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done, started=started)
         download = _Download(
-            client, key, info, opened.fd, journal, options, progress, limiter, hasher
+            client, key, info, opened.fd, journal, options, progress, limiter, hasher, started
         )
         try:
             download.run(todo)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
 from modelcache.sources.checksum import READ_CHUNK, Digest, StreamHasher
@@ -29,11 +29,21 @@ class _Span(Protocol):
 class OrderedHasher:
     """Hashes `fd` in part order; `written(i, n)` says part i's first n bytes are final."""
 
-    def __init__(self, fd: int, parts: Sequence[_Span], complete: Iterable[int] = ()) -> None:
+    def __init__(
+        self,
+        fd: int,
+        parts: Sequence[_Span],
+        complete: Iterable[int] = (),
+        started: Mapping[int, int] | None = None,
+    ) -> None:
+        """`complete`: parts already whole on disk; `started`: part -> its first bytes that are."""
         self._fd = fd
         self._parts = list(parts)
         done = set(complete)
-        self._written = {p.index: (p.length if p.index in done else 0) for p in self._parts}
+        begun = started or {}
+        self._written = {
+            p.index: (p.length if p.index in done else begun.get(p.index, 0)) for p in self._parts
+        }
         self._cond = threading.Condition()
         self._cancelled = False
         self._error: BaseException | None = None

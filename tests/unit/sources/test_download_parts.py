@@ -13,6 +13,7 @@ from modelcache.api.manifest import ManifestFile
 from modelcache.sources.base import ObjectInfo
 from modelcache.sources.checksum import Digest, StreamHasher
 from modelcache.sources.download import (
+    MiB,
     PullOptions,
     RateLimiter,
     ResumeRecord,
@@ -222,3 +223,29 @@ def test_verify_names_the_file_and_both_digests() -> None:
 
 def test_local_source_is_what_a_plain_path_opens(tmp_path: Path) -> None:
     assert isinstance(open_source(str(tmp_path)), LocalClient)
+
+
+def test_a_record_keeps_the_first_bytes_of_parts_in_flight() -> None:
+    record = ResumeRecord("k", "e", 10 * MiB, 4 * MiB, frozenset({0}), ((1, 1000), (2, 5)))
+    assert ResumeRecord.from_json(record.to_json()) == record
+    assert record.started() == {1: 1000, 2: 5}
+
+
+@pytest.mark.parametrize(
+    "partial",
+    [
+        {"0": 10},  # a part the record also claims whole
+        {"1": 0},
+        {"1": 4 * MiB},  # as long as the part: that is `done`, not partial
+        {"2": 2 * MiB + 1},  # past the end of the last, shorter part
+        {"9": 1},
+        {"x": 1},
+        {"1": True},
+        [],
+    ],
+)
+def test_a_record_claiming_impossible_partial_bytes_is_not_trusted(partial: object) -> None:
+    raw = json.loads(ResumeRecord("k", "e", 10 * MiB, 4 * MiB, frozenset({0})).to_json())
+    raw["partial"] = partial
+    with pytest.raises(ValueError, match=r"partial|claims"):
+        ResumeRecord.from_json(json.dumps(raw))
