@@ -30,6 +30,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
+from modelcache.api.problems import one_line
 from modelcache.api.reload import ReloadAnswer, ReloadRequest
 from modelcache.runtime.errors import SwapRefused, TornWeightsError
 from modelcache.runtime.httpserver import (
@@ -101,12 +102,8 @@ class ReloadService:
             call = ReloadRequest.model_validate_json(body)
         except ValidationError as error:
             if any(e["type"] == "json_invalid" for e in error.errors()):
-                return 400, _refusal(f"body is not JSON: {error.errors()[0]['msg']}")
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-                for e in error.errors()[:3]
-            )
-            return 400, _refusal(f'expected {{"model", "version", "path"}}: {problems}')
+                return 400, _refusal(f"body is not JSON: {one_line(error)}")
+            return 400, _refusal(f'expected {{"model", "version"}}: {one_line(error)}')
         runtime = self.runtimes.get(call.model)
         if runtime is None:
             return 404, _refusal(f"this pod serves {sorted(self.runtimes)}, not {call.model!r}")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from modelcache.agent.reload import call_reload
@@ -219,6 +219,7 @@ json_values = st.recursive(
 
 
 @settings(max_examples=300, deadline=None)
+@example(body=b'{"\\n": null}')  # a key with a newline: still one line
 @given(body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
 def test_any_body_gets_a_one_line_4xx_never_an_exception(body: bytes) -> None:
     """The reload contract (api/reload.py) parses every body: what is not a call is a 400
