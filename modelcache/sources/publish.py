@@ -7,6 +7,7 @@ that dies halfway leaves nothing an agent would pull.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable
@@ -103,8 +104,10 @@ def publish(
             "immutable, publish a new version"
         )
     files = scan_directory(directory)
+    index = read_index(client)  # a garbage index fails here, before anything is written
     entries: list[ManifestFile] = []
     for relative, path in files:
+        before = _identity(path)
         digest = hash_file(path)
         entry = ManifestFile(
             path=relative, size=digest.size, sha256=digest.sha256, crc64=str(digest.crc64)
@@ -113,6 +116,11 @@ def publish(
             on_file(relative, entry.size)
         key = f"{version}/{relative}"
         client.put_file(key, path, progress=progress)
+        if _identity(path) != before:  # rewritten while hashed or sent: the hash may lie
+            raise SourceError(
+                f"{path} changed while it was being published; nothing was recorded for "
+                f"{version!r}: publish again once it is stable"
+            )
         uploaded = client.head(key)
         if uploaded.size != entry.size or (
             uploaded.crc64 is not None and uploaded.crc64 != digest.crc64
@@ -125,8 +133,18 @@ def publish(
         log.info("published %s (%d bytes)", client.describe(key), entry.size)
     manifest = Manifest(version=version, created=dt.datetime.now(dt.UTC), files=tuple(entries))
     client.put_bytes(manifest_key(version), manifest.to_json())
-    client.put_bytes(INDEX_NAME, read_index(client).with_version(manifest).to_json())
+    # Re-read: another publish may have added a version meanwhile (garbage written since
+    # is replaced by what we read before, plus ours).
+    with contextlib.suppress(SourceError):
+        index = read_index(client)
+    client.put_bytes(INDEX_NAME, index.with_version(manifest).to_json())
     return manifest
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    """What any write to a file changes: its ctime (no user can set it), size, inode, mtime."""
+    stat = path.stat()
+    return (stat.st_ctime_ns, stat.st_size, stat.st_ino, stat.st_mtime_ns)
 
 
 def prune(client: ObjectClient, keep: int, protect: set[str] | None = None) -> list[str]:

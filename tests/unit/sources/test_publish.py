@@ -1,0 +1,48 @@
+"""Publish records only what the store holds: a file rewritten while it is published, or a
+garbage index, fail before a manifest exists, so the version name is not burnt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from modelcache.sources.base import SourceError
+from modelcache.sources.publish import manifest_key, publish, read_manifest
+from modelcache.sources.registry import open_source
+
+
+def test_a_file_rewritten_while_it_is_published_records_nothing(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    weights = model / "w.bin"
+    weights.write_bytes(b"a" * (4 * 1024 * 1024))
+    client = open_source(f"file://{tmp_path / 'l3'}")
+    rewritten = False
+
+    def rewrite_once(nbytes: int) -> None:
+        nonlocal rewritten
+        if not rewritten:
+            rewritten = True
+            with weights.open("r+b") as handle:  # same size, other bytes: a training job
+                handle.write(b"b" * 1024)
+
+    with pytest.raises(SourceError, match="changed while it was being published"):
+        publish(client, model, "v1", progress=rewrite_once)
+    assert not client.exists(manifest_key("v1")), "no manifest: the name is not burnt"
+
+    manifest = publish(client, model, "v1")  # once the file is stable
+    assert read_manifest(client, "v1") == manifest
+
+
+def test_a_garbage_index_fails_publish_before_anything_is_written(tmp_path: Path) -> None:
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    l3 = tmp_path / "l3"
+    l3.mkdir()
+    (l3 / "index.json").write_text("{not json")
+    client = open_source(f"file://{l3}")
+    with pytest.raises(SourceError, match="invalid index"):
+        publish(client, model, "v1")
+    assert sorted(p.name for p in l3.iterdir()) == ["index.json"]
