@@ -52,10 +52,16 @@ class CacheEvent:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PullStarted(CacheEvent):
-    kind = Event.PULL_START
+class ModelEvent(CacheEvent):
+    """An event about one version of one model."""
+
     model: str
     version: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PullStarted(ModelEvent):
+    kind = Event.PULL_START
     source: str
     files: int
     files_to_download: int
@@ -63,10 +69,8 @@ class PullStarted(CacheEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class PullEnded(CacheEvent):
+class PullEnded(ModelEvent):
     kind = Event.PULL_END
-    model: str
-    version: str
     scheme: str
     files_downloaded: int
     files_cached: int
@@ -76,75 +80,59 @@ class PullEnded(CacheEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class FileFetched(CacheEvent):
+class FileFetched(ModelEvent):
     kind = Event.FILE_FETCHED
-    model: str
-    version: str
     file: str
     bytes: int
     sha256: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class AlreadyCached(CacheEvent):
+class AlreadyCached(ModelEvent):
     """A pull of a version the node already holds: nothing downloaded."""
 
     kind = Event.L2_HIT
-    model: str
-    version: str
     files: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class VerifyFailed(CacheEvent):
+class VerifyFailed(ModelEvent):
     kind = Event.VERIFY_FAILED
-    model: str
-    version: str
     file: str
     sha256: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Repaired(CacheEvent):
+class Repaired(ModelEvent):
     kind = Event.REPAIR
-    model: str
-    version: str
     file: str
     sha256: str
     relinked: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class Installed(CacheEvent):
+class Installed(ModelEvent):
     kind = Event.INSTALL
-    model: str
-    version: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Warmed(CacheEvent):
+class Warmed(ModelEvent):
     kind = Event.WARMUP
-    model: str
-    version: str
     bytes: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class Flipped(CacheEvent):
+class Flipped(ModelEvent):
     kind = Event.FLIP
-    model: str
-    version: str
     previous: str | None
     rollback: bool = False
 
 
 @dataclass(frozen=True, kw_only=True)
-class Evicted(CacheEvent):
+class Evicted(ModelEvent):
     """A version removed by retention."""
 
     kind = Event.EVICT
-    model: str
-    version: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -157,17 +145,13 @@ class ModelRemoved(CacheEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class Pinned(CacheEvent):
+class Pinned(ModelEvent):
     kind = Event.PIN
-    model: str
-    version: str
 
 
 @dataclass(frozen=True, kw_only=True)
-class Unpinned(CacheEvent):
+class Unpinned(ModelEvent):
     kind = Event.UNPIN
-    model: str
-    version: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,10 +164,8 @@ class Collected(CacheEvent):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReloadCalled(CacheEvent):
+class ReloadCalled(ModelEvent):
     kind = Event.RELOAD
-    model: str
-    version: str
     target: str  # the pod's name, or the URL in standalone mode
     url: str
     ok: bool

@@ -16,25 +16,11 @@ from pydantic import ValidationError
 from modelcache.agent.config import ConfigError, load_config
 from modelcache.api.manifest import Manifest, VersionIndex
 from modelcache.api.nodecache import NodeCacheSpec
+from tests.strategies import json_values
 
-scalars = (
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**70), max_value=2**70)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(max_size=12)
-)
-values = st.recursive(
-    scalars,
-    lambda inner: (
-        st.lists(inner, max_size=4)
-        | st.dictionaries(
-            st.sampled_from(["version", "files", "path", "size", "sha256", "crc64", "models"])
-            | st.text(max_size=6),
-            inner,
-            max_size=5,
-        )
-    ),
+values = json_values(
+    st.sampled_from(["version", "files", "path", "size", "sha256", "crc64", "models"])
+    | st.text(max_size=6),
     max_leaves=20,
 )
 HOSTILE = [b"[" * 100_000, b'{"version": ' + b"9" * 10_000 + b"}", b"\xff\xfe", b""]

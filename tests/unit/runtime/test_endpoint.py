@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from modelcache.agent.reload import call_reload
 from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, RuntimeConfig, asgi_app
 from modelcache.store import Store
+from tests.strategies import json_values
 from tests.unit.runtime.support import MODEL, TinyNet, install_version, make_adapter, write_version
 
 NAME = str(MODEL)
@@ -209,18 +210,12 @@ def test_reload_through_the_asgi_route(
     assert body["models"][NAME]["live_version"] == "v1"
 
 
-json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
-    ),
-    max_leaves=12,
-)
+json_documents = json_values()
 
 
 @settings(max_examples=300, deadline=None)
 @example(body=b'{"\\n": null}')  # a key with a newline: still one line
-@given(body=st.binary(max_size=200) | json_values.map(lambda v: json.dumps(v).encode()))
+@given(body=st.binary(max_size=200) | json_documents.map(lambda v: json.dumps(v).encode()))
 def test_any_body_gets_a_one_line_4xx_never_an_exception(body: bytes) -> None:
     """The reload contract (api/reload.py) parses every body: what is not a call is a 400
     naming the problem in one line; a call for a model this pod does not serve, a 404."""
