@@ -161,6 +161,11 @@ class ObjectClient(ABC):
         """Write a small object in one request."""
 
     @abstractmethod
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        """Create a small object only if none is there, atomically (a conditional write);
+        False when one was. How a version name is claimed by one publish only."""
+
+    @abstractmethod
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         """Upload a file; multipart above the backend's threshold."""
 

@@ -150,6 +150,9 @@ class HttpClient(ObjectClient):
     def put_bytes(self, key: str, data: bytes) -> None:
         raise self._read_only()
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        raise self._read_only()
+
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         raise self._read_only()
 

@@ -113,6 +113,24 @@ class LocalClient(ObjectClient):
         with self._atomic(key) as fd:
             _write_all(fd, data)
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.claim")
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, target)  # fails if the target exists: the whole file, or nothing
+        except FileExistsError:
+            return False
+        finally:
+            temp.unlink(missing_ok=True)
+        return True
+
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         with self._atomic(key) as out, path.open("rb") as source:
             while data := source.read(COPY_CHUNK):

@@ -171,6 +171,19 @@ class OssClient(ObjectClient):
         result = self._call(key, lambda: self._bucket.put_object(self.url.key(key), data))
         self._check_server_crc(key, result, crc64_xz(data))
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        # OSS's own header, and the S3 one for S3-compatible servers behind an oss:// URL.
+        headers = {"x-oss-forbid-overwrite": "true", "If-None-Match": "*"}
+        try:
+            self._call(key, lambda: self._bucket.put_object(self.url.key(key), data, headers))
+        except ObjectChanged:  # 412
+            return False
+        except SourceError as error:
+            if "FileAlreadyExists" in str(error):  # 409 from OSS
+                return False
+            raise
+        return True
+
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         size = path.stat().st_size
         if size < MULTIPART_THRESHOLD:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,44 @@ def publish(
         )
     files = scan_directory(directory)
     index = read_index(client)  # a garbage index fails here, before anything is written
+    claim = claim_key(version)
+    stamp = json.dumps({"claimed": dt.datetime.now(dt.UTC).isoformat()}).encode()
+    if not client.put_bytes_if_absent(claim, stamp):  # one publish per version name
+        raise VersionExists(
+            f"version {version!r} is being published to {client.describe(version)} by another "
+            f"publish, or one was interrupted: delete {client.describe(claim)} to publish again"
+        )
+    try:
+        manifest = _upload(client, files, version, progress=progress, on_file=on_file)
+        if not client.put_bytes_if_absent(manifest_key(version), manifest.to_json()):
+            raise VersionExists(f"version {version!r} appeared at {client.describe(version)}")
+        # Re-read: another publish may have added a version meanwhile (garbage written since
+        # is replaced by what we read before, plus ours).
+        with contextlib.suppress(SourceError):
+            index = read_index(client)
+        client.put_bytes(INDEX_NAME, index.with_version(manifest).to_json())
+    except BaseException:
+        with contextlib.suppress(SourceError):  # failed before its manifest: free the name
+            client.delete([claim])
+        raise
+    client.delete([claim])
+    return manifest
+
+
+def claim_key(version: str) -> str:
+    """Where a publish claims a version name (`.claims/` cannot be a version's prefix)."""
+    return f".claims/{check_version(version)}"
+
+
+def _upload(
+    client: ObjectClient,
+    files: list[tuple[str, Path]],
+    version: str,
+    *,
+    progress: Progress | None,
+    on_file: Callable[[str, int], None] | None,
+) -> Manifest:
+    """Hash and upload each file; the manifest of what the store now holds."""
     entries: list[ManifestFile] = []
     for relative, path in files:
         before = _identity(path)
@@ -131,14 +170,7 @@ def publish(
             )
         entries.append(entry)
         log.info("published %s (%d bytes)", client.describe(key), entry.size)
-    manifest = Manifest(version=version, created=dt.datetime.now(dt.UTC), files=tuple(entries))
-    client.put_bytes(manifest_key(version), manifest.to_json())
-    # Re-read: another publish may have added a version meanwhile (garbage written since
-    # is replaced by what we read before, plus ours).
-    with contextlib.suppress(SourceError):
-        index = read_index(client)
-    client.put_bytes(INDEX_NAME, index.with_version(manifest).to_json())
-    return manifest
+    return Manifest(version=version, created=dt.datetime.now(dt.UTC), files=tuple(entries))
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:

@@ -171,6 +171,19 @@ class S3ObjectClient(ObjectClient):
         full = self.url.key(key)
         self._call(key, lambda: self._s3.put_object(Bucket=self.url.bucket, Key=full, Body=data))
 
+    def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
+        full = self.url.key(key)
+        try:
+            self._call(
+                key,
+                lambda: self._s3.put_object(
+                    Bucket=self.url.bucket, Key=full, Body=data, IfNoneMatch="*"
+                ),
+            )
+        except ObjectChanged:  # 412: the key exists
+            return False
+        return True
+
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         config = TransferConfig(
             multipart_threshold=MULTIPART_THRESHOLD,

@@ -3,12 +3,20 @@ garbage index, fail before a manifest exists, so the version name is not burnt."
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pytest
 
+from modelcache.api.manifest import Manifest
 from modelcache.sources.base import SourceError
-from modelcache.sources.publish import manifest_key, publish, read_manifest
+from modelcache.sources.publish import (
+    VersionExists,
+    claim_key,
+    manifest_key,
+    publish,
+    read_manifest,
+)
 from modelcache.sources.registry import open_source
 
 
@@ -46,3 +54,40 @@ def test_a_garbage_index_fails_publish_before_anything_is_written(tmp_path: Path
     with pytest.raises(SourceError, match="invalid index"):
         publish(client, model, "v1")
     assert sorted(p.name for p in l3.iterdir()) == ["index.json"]
+
+
+def test_two_publishes_of_one_version_at_once_one_wins(tmp_path: Path) -> None:
+    """Versions are immutable: of two publishes racing for `v1`, one claims the name and
+    the other fails before it uploads anything; what is published is one directory whole."""
+    client = open_source(f"file://{tmp_path / 'l3'}")
+    dirs = []
+    for n in range(2):
+        directory = tmp_path / f"model{n}"
+        directory.mkdir()
+        for name in ("a.bin", "b.bin"):
+            (directory / name).write_bytes(bytes([n]) * (2 * 1024 * 1024))
+        dirs.append(directory)
+    start = threading.Barrier(2)
+    results: list[object] = [None, None]
+
+    def run(n: int) -> None:
+        start.wait()
+        try:
+            results[n] = publish(client, dirs[n], "v1")
+        except VersionExists as refused:
+            results[n] = refused
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    won = [n for n in range(2) if isinstance(results[n], Manifest)]
+    lost = [n for n in range(2) if isinstance(results[n], VersionExists)]
+    assert len(won) == 1, results
+    assert len(lost) == 1, results
+    published = read_manifest(client, "v1")
+    winner = dirs[won[0]]
+    for entry in published.files:
+        assert client.get_bytes(f"v1/{entry.path}") == (winner / entry.path).read_bytes()
+    assert not client.exists(claim_key("v1")), "the claim is released once published"
