@@ -11,8 +11,10 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from modelcache.api.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, ManifestFile, VersionIndex
@@ -117,17 +119,64 @@ def publish(
         manifest = _upload(client, files, version, progress=progress, on_file=on_file)
         if not client.put_bytes_if_absent(manifest_key(version), manifest.to_json()):
             raise VersionExists(f"version {version!r} appeared at {client.describe(version)}")
-        # Re-read: another publish may have added a version meanwhile (garbage written since
-        # is replaced by what we read before, plus ours).
-        with contextlib.suppress(SourceError):
-            index = read_index(client)
-        client.put_bytes(INDEX_NAME, index.with_version(manifest).to_json())
+        _add_to_index(client, manifest, index)
     except BaseException:
         with contextlib.suppress(SourceError):  # failed before its manifest: free the name
             client.delete([claim])
         raise
     client.delete([claim])
     return manifest
+
+
+INDEX_LOCK = ".claims/.index"  # not a version name: those start with a letter or digit
+INDEX_LOCK_STALE_S = 60.0  # a lock this old was left by a publish that died
+INDEX_LOCK_WAIT_S = 30.0
+
+
+def _add_to_index(client: ObjectClient, manifest: Manifest, before: VersionIndex) -> None:
+    _change_index(client, lambda index: index.with_version(manifest), before)
+
+
+def _change_index(
+    client: ObjectClient,
+    change: Callable[[VersionIndex], VersionIndex],
+    before: VersionIndex | None = None,
+) -> None:
+    """Read-modify-write the index under a lock (a conditional write), so that concurrent
+    publishes and prunes never lose one another's entries."""
+    deadline = time.monotonic() + INDEX_LOCK_WAIT_S
+    stamp = json.dumps({"claimed": time.time()}).encode()
+    while not client.put_bytes_if_absent(INDEX_LOCK, stamp):
+        if _lock_age(client) > INDEX_LOCK_STALE_S:
+            client.delete([INDEX_LOCK])
+            continue
+        if time.monotonic() > deadline:
+            raise SourceError(
+                f"{client.describe(INDEX_NAME)} stayed locked by another publish for "
+                f"{INDEX_LOCK_WAIT_S:.0f}s; the version is published (its manifest is "
+                "written) but not listed in the index"
+            )
+        time.sleep(0.1)
+    try:
+        try:
+            index = read_index(client)  # as it is now, with what others added meanwhile
+        except SourceError:
+            if before is None:
+                raise
+            index = before  # garbage written since we checked: ours replaces it
+        client.put_bytes(INDEX_NAME, change(index).to_json())
+    finally:
+        client.delete([INDEX_LOCK])
+
+
+def _lock_age(client: ObjectClient) -> float:
+    try:
+        claimed = json.loads(client.get_bytes(INDEX_LOCK))["claimed"]
+        return time.time() - float(claimed)
+    except ObjectNotFound:
+        return 0.0  # released meanwhile: try again
+    except (SourceError, ValueError, KeyError, TypeError):
+        return float("inf")  # unreadable: nobody can be holding it properly
 
 
 def claim_key(version: str) -> str:
@@ -193,6 +242,6 @@ def prune(client: ObjectClient, keep: int, protect: set[str] | None = None) -> l
         manifest = read_manifest(client, version)
         client.delete([manifest_key(version)])
         client.delete([f"{version}/{f.path}" for f in manifest.files])
-        client.put_bytes(INDEX_NAME, read_index(client).without({version}).to_json())
+        _change_index(client, partial(VersionIndex.without, versions={version}))
         log.info("pruned version %s from %s", version, client.url)
     return doomed

@@ -11,10 +11,12 @@ import pytest
 from modelcache.api.manifest import Manifest
 from modelcache.sources.base import SourceError
 from modelcache.sources.publish import (
+    INDEX_LOCK,
     VersionExists,
     claim_key,
     manifest_key,
     publish,
+    read_index,
     read_manifest,
 )
 from modelcache.sources.registry import open_source
@@ -91,3 +93,31 @@ def test_two_publishes_of_one_version_at_once_one_wins(tmp_path: Path) -> None:
     for entry in published.files:
         assert client.get_bytes(f"v1/{entry.path}") == (winner / entry.path).read_bytes()
     assert not client.exists(claim_key("v1")), "the claim is released once published"
+
+
+def test_concurrent_publishes_of_different_versions_keep_every_index_entry(
+    tmp_path: Path,
+) -> None:
+    client = open_source(f"file://{tmp_path / 'l3'}")
+    versions = [f"v{n}" for n in range(8)]
+    start = threading.Barrier(len(versions))
+    errors: list[BaseException] = []
+
+    def run(version: str) -> None:
+        directory = tmp_path / version
+        directory.mkdir()
+        (directory / "w.bin").write_bytes(version.encode() * 1000)
+        start.wait()
+        try:
+            publish(client, directory, version)
+        except BaseException as error:
+            errors.append(error)
+
+    threads = [threading.Thread(target=run, args=(v,)) for v in versions]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(e.version for e in read_index(client).versions) == versions
+    assert not client.exists(INDEX_LOCK)
