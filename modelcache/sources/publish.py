@@ -210,6 +210,12 @@ def _upload(
                 f"{version!r}: publish again once it is stable"
             )
         uploaded = client.head(key)
+        expected = client.expected_etag(path)  # the file is as hashed: its ctime is unchanged
+        if expected is not None and uploaded.etag.strip('"').lower() != expected:
+            raise SourceError(
+                f"{client.describe(key)} holds other bytes than {path} (ETag {uploaded.etag}, "
+                f"expected {expected}); nothing was recorded for {version!r}"
+            )
         if uploaded.size != entry.size or (
             uploaded.crc64 is not None and uploaded.crc64 != digest.crc64
         ):

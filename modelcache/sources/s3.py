@@ -12,6 +12,7 @@ connection failures, 5xx and throttling -> SourceUnreachable (worth retrying).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -183,6 +184,20 @@ class S3ObjectClient(ObjectClient):
         except ObjectChanged:  # 412: the key exists
             return False
         return True
+
+    def expected_etag(self, path: Path) -> str | None:
+        size = path.stat().st_size
+        chunk = size if size < MULTIPART_THRESHOLD else PART_SIZE
+        digests: list[bytes] = []
+        with path.open("rb") as handle:
+            while data := handle.read(max(chunk, 1)):
+                digests.append(hashlib.md5(data, usedforsecurity=False).digest())
+        if size < MULTIPART_THRESHOLD:
+            return (
+                digests[0].hex() if digests else hashlib.md5(b"", usedforsecurity=False).hexdigest()
+            )
+        whole = hashlib.md5(b"".join(digests), usedforsecurity=False).hexdigest()
+        return f"{whole}-{len(digests)}"
 
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         config = TransferConfig(

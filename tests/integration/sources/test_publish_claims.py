@@ -3,11 +3,20 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-from modelcache.sources.publish import VersionExists, claim_key, publish, read_manifest
+from modelcache.sources.base import Progress, SourceError
+from modelcache.sources.publish import (
+    VersionExists,
+    claim_key,
+    manifest_key,
+    publish,
+    read_manifest,
+)
+from modelcache.sources.s3 import S3ObjectClient
 from modelcache.testing import ObjectStore
 from tests.integration.sources.conftest import make_location
 
@@ -32,3 +41,49 @@ def test_a_claimed_version_name_refuses_a_second_publish(
     assert not client.exists(claim_key("v1"))
     with pytest.raises(VersionExists):
         publish(client, model, "v1")
+
+
+@pytest.mark.parametrize("size", [300 * 1024, 70 * 1024 * 1024])  # one PUT; multipart
+def test_publish_checks_the_etag_of_what_s3_holds(
+    size: int, store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    """On S3 the ETag is a checksum of the stored bytes: publish compares it with the file's
+    (single-part MD5, or the MD5 of the parts' MD5s) before it records anything."""
+    client = make_location("s3", store_env, tmp_path, http_root).client
+    model = tmp_path / "model"
+    model.mkdir()
+    weights = model / "w.bin"
+    weights.write_bytes(os.urandom(size))
+    expected = client.expected_etag(weights)
+    assert expected is not None
+    publish(client, model, "v1")
+    assert client.head("v1/w.bin").etag.strip('"').lower() == expected
+
+
+class Corrupting(S3ObjectClient):
+    """The real S3 client behind a link that flips a byte of every upload."""
+
+    def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
+        damaged = path.with_name(path.name + ".sent")
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        damaged.write_bytes(bytes(data))
+        try:
+            super().put_file(key, damaged, progress=progress)
+        finally:
+            damaged.unlink()
+
+
+def test_bytes_damaged_on_the_way_are_not_published(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    real = make_location("s3", store_env, tmp_path, http_root).client
+    client = object.__new__(Corrupting)
+    client.__dict__.update(real.__dict__)
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(os.urandom(200 * 1024))
+    with pytest.raises(SourceError, match="holds other bytes"):
+        publish(client, model, "v1")
+    assert not real.exists(manifest_key("v1")), "nothing recorded: the name is free"
+    assert not real.exists(claim_key("v1"))
