@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import Failed, ReloadCalled
@@ -76,7 +75,7 @@ class DesiredModel:
     model: ModelRef
     source: str
     active: str | None
-    versions: tuple[str, ...]  # to hold on disk (active, prefetch, pins, rollback target)
+    versions: tuple[str, ...]  # to hold on disk and pull when missing (active, prefetch)
     retain: int
     pins: tuple[str, ...] = ()
     reload: bool = False  # whether pods must acknowledge the live version
@@ -103,9 +102,15 @@ class PullFailure:
     retry_at: float  # monotonic
     identity: tuple[str, str | None]
 
+    def wait(self, entry: DesiredModel, now: float) -> float | None:
+        """Seconds until the next try is due; None: due now (or the source changed)."""
+        if self.identity != entry.identity or now >= self.retry_at:
+            return None
+        return self.retry_at - now
+
 
 @dataclass
-class PullProgress:
+class PullInFlight:
     """A pull in flight, as the status shows it."""
 
     total: int = 0
@@ -187,7 +192,7 @@ class NodeReconciler:
         self.on_pull_end = on_pull_end  # a pull ended: a step can flip or retry now
         self.remove_unlisted = remove_unlisted
         self._lock = threading.Lock()
-        self._pulls: dict[tuple[str, str], PullProgress] = {}
+        self._pulls: dict[tuple[str, str], PullInFlight] = {}
         self._threads: dict[tuple[str, str], threading.Thread] = {}
         self._models: dict[str, _ModelState] = {}
         self._next_gc = 0.0
@@ -214,11 +219,15 @@ class NodeReconciler:
         state = self._state(entry.key)
         retry: float | None = None
         if entry.active and store.has_version(model, entry.active):
-            if store.current(model) != entry.active:
+            flipped = store.current(model) != entry.active
+            if flipped:
                 self.engine.flip(model, entry.active)
-                self.on_change()
-            if entry.reload and not self._reload(entry, state):
-                retry = RELOAD_RETRY_SECONDS
+            try:
+                if entry.reload and not self._reload(entry, state):
+                    retry = RELOAD_RETRY_SECONDS
+            finally:  # one status report says "flipped and reloaded", not two apart
+                if flipped:
+                    self.on_change()
         for version in entry.pins:
             if store.has_version(model, version):
                 self.engine.pin(model, version)
@@ -227,9 +236,8 @@ class NodeReconciler:
             if store.has_version(model, version):
                 continue
             failure = state.failures.get(version)
-            waiting = failure is not None and failure.identity == entry.identity
-            if failure is not None and waiting and now < failure.retry_at:
-                wait = failure.retry_at - now
+            wait = failure.wait(entry, now) if failure is not None else None
+            if wait is not None:
                 retry = wait if retry is None else min(retry, wait)
                 continue
             self._start_pull(entry, version)
@@ -267,10 +275,11 @@ class NodeReconciler:
         """Nudge each target that has not acknowledged the live version; False if one failed."""
         assert entry.active is not None
         targets = list(self.reload_targets(entry))
-        all_ok = True
+        all_ok, called = True, False
         for target in targets:
             if state.acked.get(target.name) == entry.active:
                 continue
+            called = True
             result = call_reload(
                 target.url,
                 model=entry.key,
@@ -284,6 +293,8 @@ class NodeReconciler:
             state.acked = {t: v for t, v in state.acked.items() if t in live}
             state.reloads = {t: r for t, r in state.reloads.items() if t in live}
             state.targets = live
+        if called:
+            self.on_change()  # once for all the pods called, not once per pod
         return all_ok
 
     def _record_reload(
@@ -314,7 +325,6 @@ class NodeReconciler:
                 at=dt.datetime.now(dt.UTC),
                 answered=result.answered,
             )
-        self.on_change()
 
     # -- pulls ------------------------------------------------------------------------------
     def _start_pull(self, entry: DesiredModel, version: str) -> None:
@@ -322,7 +332,7 @@ class NodeReconciler:
         with self._lock:
             if key in self._pulls:
                 return
-            self._pulls[key] = PullProgress()
+            self._pulls[key] = PullInFlight()
             # A daemon thread: SIGTERM ends the agent at once, not after the download; the
             # partial stays resumable, as after a kill.
             thread = threading.Thread(
@@ -462,9 +472,6 @@ class NodeReconciler:
             bytes_per_second=rate,
             last_error=last_error,
         )
-
-    def current_path(self, model: ModelRef) -> Path:
-        return self.engine.store.current_path(model)
 
 
 def _failure_text(failure: PullFailure, now: float) -> str:
