@@ -34,6 +34,7 @@ from modelcache.sources.registry import open_source
 from modelcache.store import Store
 from modelcache.store.layout import Layout
 from modelcache.testing import KubeControlPlane, ObjectStore, Toolchain
+from modelcache.testing.ports import wait_until
 from tests.integration.cli.support import make_model
 
 NAMESPACE, NAME = "studio", "lora"
@@ -52,14 +53,8 @@ class Node(Protocol):
     def close(self) -> None: ...
 
 
-def eventually(condition: Callable[[], Any], what: str, timeout: float = 90) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.1)
+def eventually(condition: Callable[[], Any], what: str, timeout: float = 90) -> None:
+    wait_until(condition, timeout=timeout, what=what)
 
 
 class StandaloneNode:
