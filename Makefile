@@ -8,13 +8,14 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: test venv testenv lint format typecheck unit integration e2e demo clean help
+.PHONY: test venv testenv lint format typecheck unit integration e2e e2e-kind demo clean help
 
 help:
 	@echo "make test      venv + test binaries + lint + format check + mypy + the whole test suite"
 	@echo "make lint      ruff check, ruff format --check, mypy --strict modelcache, lint-imports (layering)"
 	@echo "make testenv   build (or reuse) kube-apiserver, etcd, kubectl, helm, kubelet & co and the images in ~/.cache/modelcache"
 	@echo "make e2e       the tests on a real cluster with kubelet nodes (tests/cluster; root)"
+	@echo "make e2e-kind  the same e2e tests on kind (Docker, kind, kubectl, helm; no root): docs/cluster.md"
 	@echo "make unit      fast tests, no services"
 	@echo "make integration  tests against real kube-apiserver + etcd and SeaweedFS"
 	@echo "make demo      see it work"
@@ -53,6 +54,10 @@ integration: testenv
 
 e2e: testenv
 	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
+
+# The same e2e tests on kind, for a person with Docker, kind, kubectl and helm (no root).
+e2e-kind: venv
+	MODELCACHE_E2E_CLUSTER=kind $(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 
 test: testenv lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

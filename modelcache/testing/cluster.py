@@ -44,6 +44,7 @@ from modelcache.testing.pki import ApiserverPki, issue_client_cert
 from modelcache.testing.ports import LOOPBACK, free_ports, wait_until
 from modelcache.testing.process import ManagedProcess, stop_all
 from modelcache.testing.toolchain import (
+    KUBERNETES_VERSION,
     NodeToolchain,
     Toolchain,
     ensure_node_toolchain,
@@ -137,6 +138,7 @@ class KubeletCluster:
     """`with KubeletCluster(nodes=2) as cluster:` then `cluster.kubeconfig`, `cluster.nodes`."""
 
     started_here: ClassVar[bool] = False  # whether this process ever started one
+    kubernetes_version: ClassVar[str] = KUBERNETES_VERSION  # every binary is stamped with it
 
     def __init__(
         self,
@@ -174,6 +176,11 @@ class KubeletCluster:
     def address(self) -> str:
         """The host address pods reach the apiserver and test servers on."""
         return hostnet.HOST_ADDRESS
+
+    @property
+    def helm_binary(self) -> Path:
+        assert self.toolchain is not None, "the cluster is not started"
+        return self.toolchain.helm
 
     def kubectl(self, *args: str, input_text: str | None = None, check: bool = True) -> str:
         assert self.toolchain is not None

@@ -3,11 +3,13 @@
 Started once per session, stopped at the end with every change to the machine undone.
 Where a cluster cannot be built (not root, no Debian packages), these tests skip with
 the reason in one line, unless MODELCACHE_REQUIRE_CLUSTER=1 (as .ci/run sets): then
-they fail.
+they fail. MODELCACHE_E2E_CLUSTER=kind runs the same tests on kind instead (`make
+e2e-kind`, for a person with Docker; see docs/cluster.md).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -19,15 +21,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes import client, config
 
 from modelcache.testing.cluster import KubeletCluster
-from modelcache.testing.hostnet import HOST_ADDRESS
+from modelcache.testing.e2e import ClusterNode, E2ECluster
 from modelcache.testing.hostprep import cluster_unavailable
+from modelcache.testing.kind import KindCluster, kind_unavailable
 from modelcache.testing.objectstore import ObjectStore
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "modelcache"
 NODES = 2
+ON_KIND = os.environ.get("MODELCACHE_E2E_CLUSTER", "kubelet") == "kind"
+Cluster = E2ECluster[ClusterNode]
+
+
+def unavailable() -> str | None:
+    """Why this session's kind of cluster cannot run here, in one line, or None."""
+    return kind_unavailable() if ON_KIND else cluster_unavailable()
 
 
 # The order the modules need: the kill -9 test before the session's cluster exists, the
@@ -37,7 +48,7 @@ ORDER = ("test_cleanup", "test_deploy", "test_least_privilege", "test_studio_rol
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     here = Path(__file__).parent
-    reason = cluster_unavailable()
+    reason = unavailable()
     if reason is not None and os.environ.get("MODELCACHE_REQUIRE_CLUSTER") != "1":
         # One line for all of them (in the summary), not one skip per test.
         ours = [i for i in items if Path(str(i.fspath)).is_relative_to(here)]
@@ -83,8 +94,8 @@ DIAGNOSTICS: tuple[tuple[str, ...], ...] = (
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
-    cluster = getattr(item, "funcargs", {}).get("kubelet_cluster")
-    if not report.failed or call.when != "call" or not isinstance(cluster, KubeletCluster):
+    cluster = getattr(item, "funcargs", {}).get("e2e_cluster")
+    if not report.failed or call.when != "call" or cluster is None:
         return
     for args in DIAGNOSTICS:
         try:
@@ -113,29 +124,50 @@ def progress(pytestconfig: pytest.Config) -> Callable[[str], None]:
 
 
 @pytest.fixture(scope="session")
-def kubelet_cluster(progress: Callable[[str], None]) -> Iterator[KubeletCluster]:
-    reason = cluster_unavailable()
+def e2e_cluster(progress: Callable[[str], None]) -> Iterator[Cluster]:
+    """The session's cluster: KubeletCluster here, KindCluster with MODELCACHE_E2E_CLUSTER=kind."""
+    reason = unavailable()
     if reason is not None:
         if os.environ.get("MODELCACHE_REQUIRE_CLUSTER") == "1":
             pytest.fail(f"MODELCACHE_REQUIRE_CLUSTER=1 but {reason}")
         pytest.skip(reason)
-    with KubeletCluster(nodes=NODES, report=progress) as cluster:
+    made = KindCluster(nodes=NODES, report=progress) if ON_KIND else None
+    with made or KubeletCluster(nodes=NODES, report=progress) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="session")
-def cluster_api(kubelet_cluster: KubeletCluster) -> Iterator[client.ApiClient]:
-    api = config.new_client_from_config(config_file=str(kubelet_cluster.kubeconfig))
+def cluster_api(e2e_cluster: Cluster) -> Iterator[client.ApiClient]:
+    api = config.new_client_from_config(config_file=str(e2e_cluster.kubeconfig))
     yield api
     api.close()
 
 
+@dataclass(frozen=True)
+class ApiEndpoint:
+    """The API server as a pod sees it in its kubeconfig: the URL and the CA to trust."""
+
+    url: str
+    ca_file: Path
+
+
+def api_endpoint(cluster: Cluster) -> ApiEndpoint:
+    """Read from the cluster's kubeconfig (a CA file on KubeletCluster, inline data on kind)."""
+    entry = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]
+    if "certificate-authority" in entry:
+        return ApiEndpoint(entry["server"], Path(entry["certificate-authority"]))
+    ca_file = cluster.work_dir / "apiserver-ca.crt"
+    ca_file.write_bytes(base64.b64decode(entry["certificate-authority-data"]))
+    return ApiEndpoint(entry["server"], ca_file)
+
+
 @pytest.fixture(scope="session")
 def cluster_store(
-    kubelet_cluster: KubeletCluster, tmp_path_factory: pytest.TempPathFactory
+    e2e_cluster: Cluster, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ObjectStore]:
     """SeaweedFS on the cluster's host address: pods reach it, nothing outside does."""
-    with ObjectStore(host=HOST_ADDRESS, work_dir=tmp_path_factory.mktemp("cluster-s3")) as store:
+    work = tmp_path_factory.mktemp("cluster-s3")
+    with ObjectStore(host=e2e_cluster.address, work_dir=work) as store:
         yield store
 
 
@@ -145,10 +177,9 @@ class Release:
     namespace: str
 
 
-def helm(cluster: KubeletCluster, *args: str) -> str:
-    assert cluster.toolchain is not None
+def helm(cluster: Cluster, *args: str) -> str:
     result = subprocess.run(
-        [str(cluster.toolchain.helm), f"--kubeconfig={cluster.kubeconfig}", *args],
+        [str(cluster.helm_binary), f"--kubeconfig={cluster.kubeconfig}", *args],
         capture_output=True,
         text=True,
         check=False,
@@ -164,7 +195,7 @@ CREDENTIALS = "store"
 
 @pytest.fixture(scope="session")
 def studio_namespace(
-    kubelet_cluster: KubeletCluster, cluster_api: client.ApiClient, cluster_store: ObjectStore
+    e2e_cluster: Cluster, cluster_api: client.ApiClient, cluster_store: ObjectStore
 ) -> str:
     """The namespace of the tests' ModelVersions, with the Secret they name: the store's
     endpoint and keys (the only Secret the chart lets agents read)."""
@@ -176,14 +207,14 @@ def studio_namespace(
 
 @pytest.fixture(scope="session")
 def modelcache_release(
-    kubelet_cluster: KubeletCluster, studio_namespace: str, progress: Callable[[str], None]
+    e2e_cluster: Cluster, studio_namespace: str, progress: Callable[[str], None]
 ) -> Iterator[Release]:
     """helm install of helm/modelcache with the images built here, waited until Ready."""
     release = Release(name="mc", namespace="modelcache-system")
     progress("helm install helm/modelcache (operator x2, agent DaemonSet)")
     started = time.monotonic()
     helm(
-        kubelet_cluster,
+        e2e_cluster,
         "install",
         release.name,
         str(CHART),
@@ -204,7 +235,7 @@ def modelcache_release(
     )
     progress(f"helm install ready in {time.monotonic() - started:.0f}s")
     yield release
-    helm(kubelet_cluster, "uninstall", release.name, "--namespace", release.namespace, "--wait")
+    helm(e2e_cluster, "uninstall", release.name, "--namespace", release.namespace, "--wait")
 
 
 def unique(prefix: str) -> str:

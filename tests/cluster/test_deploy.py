@@ -14,11 +14,11 @@ from typing import Any
 from kubernetes import client
 
 from modelcache.api.k8s import GROUP, VERSION
-from modelcache.testing.cluster import KubeletCluster
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
-from modelcache.testing.toolchain import KUBERNETES_VERSION
-from tests.cluster.conftest import CREDENTIALS, Release, pods, unique
+from tests.cluster.conftest import CREDENTIALS, Cluster, Release, pods, unique
 from tests.integration.cli.support import make_model, same_tree
+
+CONTROL_PLANE = "node-role.kubernetes.io/control-plane"  # kind's own node, tainted: no pods of ours
 
 
 def eventually(condition: Callable[[], Any], what: str, timeout: float = 180) -> Any:
@@ -33,29 +33,31 @@ def eventually(condition: Callable[[], Any], what: str, timeout: float = 180) ->
 
 
 def test_every_component_reports_the_pinned_release(
-    kubelet_cluster: KubeletCluster, cluster_api: client.ApiClient
+    e2e_cluster: Cluster, cluster_api: client.ApiClient
 ) -> None:
-    assert client.VersionApi(cluster_api).get_code().git_version == KUBERNETES_VERSION
+    release = e2e_cluster.kubernetes_version
+    assert client.VersionApi(cluster_api).get_code().git_version == release
     nodes = client.CoreV1Api(cluster_api).list_node().items
-    assert sorted(n.metadata.name for n in nodes) == [n.name for n in kubelet_cluster.nodes]
+    workers = [n for n in nodes if CONTROL_PLANE not in (n.metadata.labels or {})]
+    assert sorted(n.metadata.name for n in workers) == [n.name for n in e2e_cluster.nodes]
     for node in nodes:
-        assert node.status.node_info.kubelet_version == KUBERNETES_VERSION
+        assert node.status.node_info.kubelet_version == release
         ready = {c.type: c.status for c in node.status.conditions}["Ready"]
         assert ready == "True", node.metadata.name
 
 
 def test_chart_runs_operator_and_agents_with_in_cluster_credentials(
-    kubelet_cluster: KubeletCluster, cluster_api: client.ApiClient, modelcache_release: Release
+    e2e_cluster: Cluster, cluster_api: client.ApiClient, modelcache_release: Release
 ) -> None:
     apps = client.AppsV1Api(cluster_api)
     namespace = modelcache_release.namespace
     operator = apps.read_namespaced_deployment(f"{modelcache_release.name}-operator", namespace)
     assert operator.status.ready_replicas == 2
     agents = apps.read_namespaced_daemon_set(f"{modelcache_release.name}-agent", namespace)
-    assert agents.status.number_ready == len(kubelet_cluster.nodes)
+    assert agents.status.number_ready == len(e2e_cluster.nodes)
 
     agent_pods = pods(cluster_api, namespace, "app.kubernetes.io/component=agent")
-    assert sorted(p.spec.node_name for p in agent_pods) == [n.name for n in kubelet_cluster.nodes]
+    assert sorted(p.spec.node_name for p in agent_pods) == [n.name for n in e2e_cluster.nodes]
     operator_pods = pods(cluster_api, namespace, "app.kubernetes.io/component=operator")
     for pod in agent_pods + operator_pods:
         container = pod.spec.containers[0]
@@ -117,7 +119,7 @@ def _publish(store: ObjectStore, bucket: str, directory: Path, version: str) -> 
 
 
 def test_model_version_lands_on_each_nodes_own_disk(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     cluster_store: ObjectStore,
     modelcache_release: Release,
@@ -156,29 +158,29 @@ def test_model_version_lands_on_each_nodes_own_disk(
         )
         return dict(body.get("status") or {})
 
-    want = f"{len(kubelet_cluster.nodes)}/{len(kubelet_cluster.nodes)}"
+    want = f"{len(e2e_cluster.nodes)}/{len(e2e_cluster.nodes)}"
     try:
         eventually(lambda: status().get("ready") == want, f"READY {want}", timeout=240)
     except AssertionError:
         print(json.dumps(status(), indent=1))
         raise
-    shown = kubelet_cluster.kubectl("get", "modelversions", "-n", namespace)
+    shown = e2e_cluster.kubectl("get", "modelversions", "-n", namespace)
     assert "lora" in shown
     assert want in shown
-    for node in kubelet_cluster.nodes:
+    for node in e2e_cluster.nodes:
         current = node.hostpath / "models" / namespace / "lora" / "current"
         assert current.is_symlink(), f"{node.name} has no current link"
         assert current.resolve().name == "v1"
         assert same_tree(model, current)
     # Each node pulled into its own directory: the hostPath is not one shared disk.
-    inodes = {(n.hostpath / "models").stat().st_ino for n in kubelet_cluster.nodes}
-    assert len(inodes) == len(kubelet_cluster.nodes)
+    inodes = {(n.hostpath / "models").stat().st_ino for n in e2e_cluster.nodes}
+    assert len(inodes) == len(e2e_cluster.nodes)
 
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", "lora")
     eventually(
         lambda: (
             not any(
-                (n.hostpath / "models" / namespace / "lora").exists() for n in kubelet_cluster.nodes
+                (n.hostpath / "models" / namespace / "lora").exists() for n in e2e_cluster.nodes
             )
         ),
         "the deleted ModelVersion's files gone from every node",

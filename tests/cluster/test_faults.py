@@ -22,9 +22,9 @@ from modelcache.api.k8s import GROUP, VERSION
 from modelcache.sources.base import Credentials
 from modelcache.sources.publish import publish
 from modelcache.sources.registry import open_source
-from modelcache.testing.cluster import KubeletCluster, Node
+from modelcache.testing.e2e import ClusterNode
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
-from tests.cluster.conftest import CREDENTIALS, Release, pods, unique
+from tests.cluster.conftest import CREDENTIALS, Cluster, Release, pods, unique
 from tests.cluster.test_deploy import eventually
 from tests.integration.cli.support import make_model, same_tree
 
@@ -108,7 +108,7 @@ class Models:
             GROUP, VERSION, self.namespace, "modelversions", name
         )
 
-    def serves(self, node: Node, name: str, version: str) -> bool:
+    def serves(self, node: ClusterNode, name: str, version: str) -> bool:
         current = node.hostpath / "models" / self.namespace / name / "current"
         return current.is_symlink() and current.resolve().name == version
 
@@ -152,12 +152,12 @@ def leader_pod(api: client.ApiClient, namespace: str) -> str:
 
 
 def test_the_standby_operator_finishes_a_rollout_when_the_leader_is_deleted(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     models: Models,
 ) -> None:
-    nodes = len(kubelet_cluster.nodes)
+    nodes = len(e2e_cluster.nodes)
     models.publish("ha", "v1", seed=11)
     models.publish("ha", "v2", seed=12)
     models.apply("ha", "v1")
@@ -171,23 +171,23 @@ def test_the_standby_operator_finishes_a_rollout_when_the_leader_is_deleted(
         "the rollout under way",
         30,
     )
-    kubelet_cluster.kubectl("delete", "pod", "-n", namespace, leader, "--wait=false")
+    e2e_cluster.kubectl("delete", "pod", "-n", namespace, leader, "--wait=false")
     eventually(
         lambda: models.ready_on("ha", "v2", nodes), "ha READY on v2 after the leader went", 240
     )
-    assert all(models.serves(n, "ha", "v2") for n in kubelet_cluster.nodes)
+    assert all(models.serves(n, "ha", "v2") for n in e2e_cluster.nodes)
     assert not any(leader in peer for peer in peers(cluster_api)), "the deleted leader left"
     assert leader_pod(cluster_api, namespace) != leader
     models.delete("ha")
 
 
 def test_an_agent_pod_deleted_mid_pull_is_replaced_and_resumes(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     models: Models,
 ) -> None:
-    node = kubelet_cluster.nodes[0]
+    node = e2e_cluster.nodes[0]
     model = models.publish("resume", "v1", seed=21)
     models.apply("resume", "v1")
     namespace = modelcache_release.namespace
@@ -204,13 +204,13 @@ def test_an_agent_pod_deleted_mid_pull_is_replaced_and_resumes(
     eventually(half_pulled, f"{node.name} half way through the pull", 120)
     version_dir = node.hostpath / "models" / models.namespace / "resume" / "versions" / "v1"
     assert not version_dir.exists(), "nothing under versions/ before the pull is complete"
-    kubelet_cluster.kubectl("delete", "pod", "-n", namespace, agent, "--wait=false")
+    e2e_cluster.kubectl("delete", "pod", "-n", namespace, agent, "--wait=false")
 
     def replaced_and_done() -> bool:
         partial = version_dir / "weights-0.bin"
         # Never a partial file where a pod could load it.
         assert not partial.exists() or partial.stat().st_size == SIZE
-        return models.ready_on("resume", "v1", len(kubelet_cluster.nodes))
+        return models.ready_on("resume", "v1", len(e2e_cluster.nodes))
 
     eventually(replaced_and_done, "READY after the agent pod was replaced", 180)
     replacement = next(
@@ -241,11 +241,11 @@ def node_ready(api: client.ApiClient, name: str) -> bool:
 
 
 def test_a_node_whose_kubelet_stops_mid_rollout_counts_as_failed(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     models: Models,
 ) -> None:
-    nodes = kubelet_cluster.nodes
+    nodes = e2e_cluster.nodes
     models.publish("kubelet", "v1", seed=31)
     models.publish("kubelet", "v2", seed=32, size=LONG)
     models.apply("kubelet", "v1", failureThreshold=0)
@@ -254,7 +254,7 @@ def test_a_node_whose_kubelet_stops_mid_rollout_counts_as_failed(
     models.set_version("kubelet", "v2")  # a prefetch of 256 MB at 8 MB/s per node
     eventually(lambda: models.status("kubelet").get("phase") == "Prefetching", "prefetching", 30)
     silent = nodes[-1]
-    kubelet_cluster.stop_kubelet(silent)
+    e2e_cluster.stop_kubelet(silent)
     try:
         eventually(lambda: not node_ready(cluster_api, silent.name), f"{silent.name} NotReady", 90)
         eventually(
@@ -275,13 +275,13 @@ def test_a_node_whose_kubelet_stops_mid_rollout_counts_as_failed(
             lambda: all(models.serves(n, "kubelet", "v1") for n in nodes), "everyone on v1", 60
         )
     finally:
-        kubelet_cluster.start_kubelet(silent)
+        e2e_cluster.start_kubelet(silent)
         eventually(lambda: node_ready(cluster_api, silent.name), f"{silent.name} Ready again", 120)
     models.delete("kubelet")
 
 
 def test_a_node_that_joins_gets_the_live_version(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     models: Models,
@@ -289,12 +289,12 @@ def test_a_node_that_joins_gets_the_live_version(
     models.publish("join", "v1", seed=41)
     model = models.publish("join", "v2", seed=42)
     models.apply("join", "v1")
-    eventually(lambda: models.ready_on("join", "v1", len(kubelet_cluster.nodes)), "READY v1", 180)
+    eventually(lambda: models.ready_on("join", "v1", len(e2e_cluster.nodes)), "READY v1", 180)
     models.set_version("join", "v2")
-    eventually(lambda: models.ready_on("join", "v2", len(kubelet_cluster.nodes)), "READY v2", 180)
+    eventually(lambda: models.ready_on("join", "v2", len(e2e_cluster.nodes)), "READY v2", 180)
 
-    joined = kubelet_cluster.add_node(studio=False)
-    total = len(kubelet_cluster.nodes)
+    joined = e2e_cluster.add_node(studio=False)
+    total = len(e2e_cluster.nodes)
     eventually(lambda: models.ready_on("join", "v2", total), f"READY {total}/{total}", 240)
     live = joined.hostpath / "models" / models.namespace / "join" / "current"
     assert models.serves(joined, "join", "v2")

@@ -15,14 +15,19 @@ import pytest
 import urllib3
 from kubernetes import client
 
-from modelcache.testing.cluster import KubeletCluster
-from tests.cluster.conftest import CREDENTIALS, Release, pods
+from tests.cluster.conftest import (
+    CREDENTIALS,
+    Cluster,
+    Release,
+    api_endpoint,
+    pods,
+)
 
 
 class PodCredentials:
     """Requests to the API server as a pod: its mounted token, the cluster's CA."""
 
-    def __init__(self, cluster: KubeletCluster, namespace: str, pod: str) -> None:
+    def __init__(self, cluster: Cluster, namespace: str, pod: str) -> None:
         self.token = cluster.kubectl(
             "exec",
             "-n",
@@ -32,10 +37,9 @@ class PodCredentials:
             "cat",
             "/var/run/secrets/kubernetes.io/serviceaccount/token",
         ).strip()
-        assert cluster.control_plane is not None
-        assert cluster.control_plane.pki is not None
-        self.base = cluster.control_plane.url
-        context = ssl.create_default_context(cafile=str(cluster.control_plane.pki.ca_cert))
+        endpoint = api_endpoint(cluster)
+        self.base = endpoint.url
+        context = ssl.create_default_context(cafile=str(endpoint.ca_file))
         self.http = urllib3.PoolManager(ssl_context=context)
 
     def request(self, method: str, path: str, body: bytes | None = None) -> Any:
@@ -61,10 +65,10 @@ def agent_pods(cluster_api: client.ApiClient, modelcache_release: Release) -> di
 
 
 def test_an_agent_writes_only_its_own_nodes_nodecache(
-    kubelet_cluster: KubeletCluster, modelcache_release: Release, agent_pods: dict[str, str]
+    e2e_cluster: Cluster, modelcache_release: Release, agent_pods: dict[str, str]
 ) -> None:
-    node_a, node_b = (n.name for n in kubelet_cluster.nodes[:2])
-    agent_a = PodCredentials(kubelet_cluster, modelcache_release.namespace, agent_pods[node_a])
+    node_a, node_b = (n.name for n in e2e_cluster.nodes[:2])
+    agent_a = PodCredentials(e2e_cluster, modelcache_release.namespace, agent_pods[node_a])
 
     own = agent_a.request("PATCH", nodecache_status(node_a), b"{}")
     assert own.status == 200, own.data
@@ -75,7 +79,7 @@ def test_an_agent_writes_only_its_own_nodes_nodecache(
     # The agent's service account with a token bound to no pod (no node) writes nothing.
     unbound = PodCredentials.__new__(PodCredentials)
     unbound.base, unbound.http = agent_a.base, agent_a.http
-    unbound.token = kubelet_cluster.kubectl(
+    unbound.token = e2e_cluster.kubectl(
         "create", "token", f"{modelcache_release.name}-agent", "-n", modelcache_release.namespace
     ).strip()
     denied = unbound.request("PATCH", nodecache_status(node_a), b"{}")
@@ -88,7 +92,7 @@ def test_an_agent_writes_only_its_own_nodes_nodecache(
 
 
 def test_an_agent_reads_only_the_listed_model_credentials(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     studio_namespace: str,
@@ -99,7 +103,7 @@ def test_an_agent_reads_only_the_listed_model_credentials(
         studio_namespace, {"metadata": {"name": "not-for-agents"}, "string_data": {"k": "v"}}
     )
     agent = PodCredentials(
-        kubelet_cluster, modelcache_release.namespace, next(iter(agent_pods.values()))
+        e2e_cluster, modelcache_release.namespace, next(iter(agent_pods.values()))
     )
     assert agent.request("GET", secret(studio_namespace, CREDENTIALS)).status == 200
     assert agent.request("GET", secret(studio_namespace, "not-for-agents")).status == 403
@@ -109,7 +113,7 @@ def test_an_agent_reads_only_the_listed_model_credentials(
 
 
 def test_the_operator_reads_no_secret(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     studio_namespace: str,
@@ -117,9 +121,7 @@ def test_the_operator_reads_no_secret(
     operator_pod = pods(
         cluster_api, modelcache_release.namespace, "app.kubernetes.io/component=operator"
     )[0]
-    operator = PodCredentials(
-        kubelet_cluster, modelcache_release.namespace, operator_pod.metadata.name
-    )
+    operator = PodCredentials(e2e_cluster, modelcache_release.namespace, operator_pod.metadata.name)
     assert operator.request("GET", secret(studio_namespace, CREDENTIALS)).status == 403
     assert operator.request("GET", "/api/v1/secrets").status == 403
     # ...while it can do its job: read NodeCaches and ModelVersions.
@@ -127,13 +129,13 @@ def test_the_operator_reads_no_secret(
 
 
 def test_pods_run_as_the_docs_say(
-    kubelet_cluster: KubeletCluster, modelcache_release: Release, agent_pods: dict[str, str]
+    e2e_cluster: Cluster, modelcache_release: Release, agent_pods: dict[str, str]
 ) -> None:
     """Seen from inside the running containers, not from the pod spec alone."""
     namespace = modelcache_release.namespace
 
     def inside(pod: str, script: str) -> str:
-        return kubelet_cluster.kubectl("exec", "-n", namespace, pod, "--", "python3", "-c", script)
+        return e2e_cluster.kubectl("exec", "-n", namespace, pod, "--", "python3", "-c", script)
 
     status = "print(open('/proc/self/status').read())"
     agent = inside(next(iter(agent_pods.values())), status)
@@ -141,7 +143,7 @@ def test_pods_run_as_the_docs_say(
     assert "\nCapEff:\t0000000000000000" in agent, "with no capability at all"
     assert "\nNoNewPrivs:\t1" in agent
 
-    operator_pod = kubelet_cluster.kubectl(
+    operator_pod = e2e_cluster.kubectl(
         "get",
         "pods",
         "-n",

@@ -25,9 +25,8 @@ from modelcache.api.k8s import GROUP, VERSION
 from modelcache.sources.base import Credentials
 from modelcache.sources.publish import publish
 from modelcache.sources.registry import open_source
-from modelcache.testing.cluster import KubeletCluster
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
-from tests.cluster.conftest import Release, pods
+from tests.cluster.conftest import Cluster, Release, pods
 from tests.cluster.test_deploy import eventually
 from tests.integration.operator.test_end_to_end import NodeCacheRecorder
 
@@ -55,7 +54,7 @@ class References:
 
 @pytest.fixture(scope="module")
 def studio(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     cluster_store: ObjectStore,
     modelcache_release: Release,
@@ -82,11 +81,11 @@ def studio(
     for version, directory in made.items():
         publish(source, directory, version)
 
-    kubelet_cluster.kubectl("apply", "-f", str(MANIFESTS / "studio.yaml"))
-    kubelet_cluster.kubectl("apply", "-f", str(MANIFESTS / "modelversion.yaml"))
+    e2e_cluster.kubectl("apply", "-f", str(MANIFESTS / "studio.yaml"))
+    e2e_cluster.kubectl("apply", "-f", str(MANIFESTS / "modelversion.yaml"))
     yield References(made)
-    kubelet_cluster.kubectl("delete", "-f", str(MANIFESTS / "modelversion.yaml"), "--wait=true")
-    kubelet_cluster.kubectl("delete", "-n", NAMESPACE, "daemonset/studio", "--wait=true")
+    e2e_cluster.kubectl("delete", "-f", str(MANIFESTS / "modelversion.yaml"), "--wait=true")
+    e2e_cluster.kubectl("delete", "-n", NAMESPACE, "daemonset/studio", "--wait=true")
 
 
 def model_version(api: client.ApiClient) -> dict[str, Any]:
@@ -154,32 +153,32 @@ def downloaded_bytes(api: client.ApiClient, namespace: str) -> dict[str, float]:
 
 
 def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
-    kubelet_cluster: KubeletCluster,
+    e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     studio: References,
 ) -> None:
-    nodes = len(kubelet_cluster.nodes)
+    nodes = len(e2e_cluster.nodes)
     eventually(lambda: settled_on(cluster_api, "v1", nodes), f"READY {nodes}/{nodes} on v1", 300)
     eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod on v1", 180)
     ips = studio_pods(cluster_api)
-    assert sorted(ips) == [n.name for n in kubelet_cluster.nodes], "one studio pod per node"
+    assert sorted(ips) == [n.name for n in e2e_cluster.nodes], "one studio pod per node"
     for node, ip in ips.items():
         answer = generated(ip)
         assert answer["version"] == "v1", node
         assert answer["image_sha256"] == studio.digest("v1"), f"{node} serves a different v1"
-    shown = kubelet_cluster.kubectl("get", "mv", "-n", NAMESPACE)
+    shown = e2e_cluster.kubectl("get", "mv", "-n", NAMESPACE)
     assert f"{nodes}/{nodes}" in shown
     assert "Available" in shown
 
     # v2: prefetched everywhere, then the canary flips, then the next wave.
     recorder = NodeCacheRecorder(
         client.CustomObjectsApi(cluster_api),
-        [n.name for n in kubelet_cluster.nodes],
+        [n.name for n in e2e_cluster.nodes],
         NAMESPACE,
         NAME,
     )
-    kubelet_cluster.kubectl(
+    e2e_cluster.kubectl(
         "patch", "mv", NAME, "-n", NAMESPACE, "--type=merge", "-p", '{"spec":{"version":"v2"}}'
     )
     eventually(lambda: settled_on(cluster_api, "v2", nodes), f"READY {nodes}/{nodes} on v2", 300)
@@ -195,9 +194,9 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
 
     # Rollback: v1 is still on every node's disk, so nothing is downloaded.
     before = downloaded_bytes(cluster_api, modelcache_release.namespace)
-    assert sorted(before) == [n.name for n in kubelet_cluster.nodes]
+    assert sorted(before) == [n.name for n in e2e_cluster.nodes]
     assert all(b > 0 for b in before.values()), before
-    kubeconfig = ["--kubeconfig", str(kubelet_cluster.kubeconfig)]
+    kubeconfig = ["--kubeconfig", str(e2e_cluster.kubeconfig)]
     rollback = subprocess.run(
         [sys.executable, "-m", "modelcache", "rollback", NAME, "-n", NAMESPACE, *kubeconfig],
         capture_output=True,
