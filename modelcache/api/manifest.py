@@ -91,7 +91,9 @@ class Manifest(BaseModel):
 
 
 class IndexEntry(BaseModel):
-    """One version in `<prefix>/index.json`."""
+    """One version in `<prefix>/index.json`. A publish lists its version as `publishing`
+    before it writes the manifest, so the index never lacks a version that exists; whether
+    one is published is the manifest's to say (`sources.publish.settle`)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -99,6 +101,7 @@ class IndexEntry(BaseModel):
     created: dt.datetime
     files: Annotated[int, Field(ge=0)]
     size: Annotated[int, Field(ge=0)]
+    state: Literal["publishing", "published"] = "published"
 
     @field_validator("version")
     @classmethod
@@ -107,8 +110,8 @@ class IndexEntry(BaseModel):
 
 
 class VersionIndex(BaseModel):
-    """`<prefix>/index.json`: the published versions, oldest first. Agents read manifests; this
-    is for people and for `prune`, since oss2's list calls do not work against every store."""
+    """`<prefix>/index.json`: the versions, oldest first. Agents read manifests; this is for
+    people and for `prune`, since list calls do not work against every OSS-compatible store."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
@@ -124,6 +127,20 @@ class VersionIndex(BaseModel):
             size=manifest.total_size,
         )
         return VersionIndex(versions=sorted([*kept, entry], key=lambda v: v.created))
+
+    def with_publishing(self, version: str, claimed: dt.datetime) -> VersionIndex:
+        """`version` listed before its manifest exists: a publish that dies after writing
+        the manifest still leaves it in the index."""
+        entry = IndexEntry(version=version, created=claimed, files=0, size=0, state="publishing")
+        kept = [v for v in self.versions if v.version != version]
+        return VersionIndex(versions=sorted([*kept, entry], key=lambda v: v.created))
+
+    def entry(self, version: str) -> IndexEntry | None:
+        return next((v for v in self.versions if v.version == version), None)
+
+    @property
+    def published(self) -> list[IndexEntry]:
+        return [v for v in self.versions if v.state == "published"]
 
     def without(self, versions: set[str]) -> VersionIndex:
         return VersionIndex(versions=[v for v in self.versions if v.version not in versions])

@@ -118,21 +118,23 @@ def versions(
     access_key_secret: AccessKeySecret = None,
     session_token: SessionToken = None,
 ) -> None:
-    """List the versions published at URL, oldest first."""
+    """List the versions published at URL, oldest first (and any still being published)."""
     from modelcache.sources import publish as l3  # noqa: PLC0415
 
     client = _client(url, endpoint, access_key_id, access_key_secret, session_token)
-    index = l3.read_index(client)
+    index = l3.list_versions(client)
     if as_json:
         print(index.model_dump_json(by_alias=True, indent=2))
         return
-    table = Table("VERSION", "CREATED", "FILES", "SIZE", box=None)
+    table = Table("VERSION", "STATE", "CREATED", "FILES", "SIZE", box=None)
     for entry in index.versions:
+        published = entry.state == "published"
         table.add_row(
             entry.version,
+            entry.state,
             entry.created.isoformat(timespec="seconds"),
-            str(entry.files),
-            human_bytes(entry.size),
+            str(entry.files) if published else "-",
+            human_bytes(entry.size) if published else "-",
         )
     console.print(table)
 

@@ -1,8 +1,11 @@
 """`modelcache publish`: upload a directory as an immutable version to L3.
 
-Order matters: every file first, then `<version>/manifest.json`, then
-`index.json`. An agent only trusts a version whose manifest exists, so a publish
-that dies halfway leaves nothing an agent would pull.
+Order matters: claim the name, list it in `index.json` as `publishing`, upload
+every file, write `<version>/manifest.json`, then mark it `published`. An agent
+only trusts a version whose manifest exists, so a publish that dies halfway
+leaves nothing an agent would pull; and the index lists a version before its
+manifest exists, so one that dies after its manifest still leaves it listed.
+Every reader settles `publishing` entries by their manifests (`settle`).
 """
 
 from __future__ import annotations
@@ -109,32 +112,58 @@ def publish(
     files = scan_directory(directory)
     index = read_index(client)  # a garbage index fails here, before anything is written
     claim = claim_key(version)
-    stamp = json.dumps({"claimed": dt.datetime.now(dt.UTC).isoformat()}).encode()
+    claimed = dt.datetime.now(dt.UTC)
+    stamp = json.dumps({"claimed": claimed.isoformat()}).encode()
     if not client.put_bytes_if_absent(claim, stamp):  # one publish per version name
         raise VersionExists(
             f"version {version!r} is being published to {client.describe(version)} by another "
             f"publish, or one was interrupted: delete {client.describe(claim)} to publish again"
         )
+    listed = False
     try:
+        _change_index(client, lambda now: now.with_publishing(version, claimed), index)
+        listed = True
         manifest = _upload(client, files, version, progress=progress, on_file=on_file)
         if not client.put_bytes_if_absent(manifest_key(version), manifest.to_json()):
             raise VersionExists(f"version {version!r} appeared at {client.describe(version)}")
-        _add_to_index(client, manifest, index)
     except BaseException:
         with contextlib.suppress(SourceError):  # failed before its manifest: free the name
+            if listed:
+                _change_index(client, partial(VersionIndex.without, versions={version}))
             client.delete([claim])
         raise
+    try:
+        _change_index(client, lambda now: now.with_version(manifest))
+    except SourceError as error:  # published all the same: readers settle the entry
+        log.warning("%s is published; its index entry stays `publishing`: %s", version, error)
     client.delete([claim])
     return manifest
+
+
+def settle(client: ObjectClient, index: VersionIndex) -> VersionIndex:
+    """The index as the manifests say: a `publishing` entry whose manifest exists is
+    published; one with neither a manifest nor a claim died before its manifest and goes;
+    one whose name is still claimed is still publishing."""
+    settled = index
+    for entry in index.versions:
+        if entry.state != "publishing":
+            continue
+        try:
+            settled = settled.with_version(read_manifest(client, entry.version))
+        except VersionMissing:
+            if not client.exists(claim_key(entry.version)):
+                settled = settled.without({entry.version})
+    return settled
+
+
+def list_versions(client: ObjectClient) -> VersionIndex:
+    """Every version at the location, settled (what `modelcache versions` shows)."""
+    return settle(client, read_index(client))
 
 
 INDEX_LOCK = ".claims/.index"  # not a version name: those start with a letter or digit
 INDEX_LOCK_STALE_S = 60.0  # a lock this old was left by a publish that died
 INDEX_LOCK_WAIT_S = 30.0
-
-
-def _add_to_index(client: ObjectClient, manifest: Manifest, before: VersionIndex) -> None:
-    _change_index(client, lambda index: index.with_version(manifest), before)
 
 
 def _change_index(
@@ -143,7 +172,7 @@ def _change_index(
     before: VersionIndex | None = None,
 ) -> None:
     """Read-modify-write the index under a lock (a conditional write), so that concurrent
-    publishes and prunes never lose one another's entries."""
+    publishes and prunes never lose one another's entries; every write settles it."""
     deadline = time.monotonic() + INDEX_LOCK_WAIT_S
     stamp = json.dumps({"claimed": time.time()}).encode()
     while not client.put_bytes_if_absent(INDEX_LOCK, stamp):
@@ -153,8 +182,8 @@ def _change_index(
         if time.monotonic() > deadline:
             raise SourceError(
                 f"{client.describe(INDEX_NAME)} stayed locked by another publish for "
-                f"{INDEX_LOCK_WAIT_S:.0f}s; the version is published (its manifest is "
-                "written) but not listed in the index"
+                f"{INDEX_LOCK_WAIT_S:.0f}s (a lock older than {INDEX_LOCK_STALE_S:.0f}s is "
+                f"taken over)"
             )
         time.sleep(0.1)
     try:
@@ -164,7 +193,7 @@ def _change_index(
             if before is None:
                 raise
             index = before  # garbage written since we checked: ours replaces it
-        client.put_bytes(INDEX_NAME, change(index).to_json())
+        client.put_bytes(INDEX_NAME, change(settle(client, index)).to_json())
     finally:
         client.delete([INDEX_LOCK])
 
@@ -241,8 +270,8 @@ def prune(client: ObjectClient, keep: int, protect: set[str] | None = None) -> l
     if keep < 1:
         raise SourceError("--keep must be at least 1")
     protected = protect or set()
-    index = read_index(client)
-    newest_first = list(reversed(index.versions))
+    index = list_versions(client)
+    newest_first = list(reversed(index.published))
     doomed = [v.version for v in newest_first[keep:] if v.version not in protected]
     for version in doomed:
         manifest = read_manifest(client, version)
