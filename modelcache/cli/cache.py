@@ -113,6 +113,22 @@ def publish(
 def versions(
     url: Url,
     as_json: AsJson = False,
+    rebuild: Annotated[
+        bool,
+        typer.Option(
+            "--rebuild",
+            help="Write index.json again from the manifests the store lists (after it was "
+            "deleted or damaged by hand).",
+        ),
+    ] = False,
+    named: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--version",
+            help="With --rebuild, on a store that cannot list: a version whose manifest to "
+            "add (repeatable).",
+        ),
+    ] = None,
     endpoint: Endpoint = None,
     access_key_id: AccessKeyId = None,
     access_key_secret: AccessKeySecret = None,
@@ -122,7 +138,9 @@ def versions(
     from modelcache.sources import publish as l3  # noqa: PLC0415
 
     client = _client(url, endpoint, access_key_id, access_key_secret, session_token)
-    index = l3.list_versions(client)
+    if named and not rebuild:
+        raise typer.BadParameter("--version names versions to rebuild from: add --rebuild")
+    index = l3.rebuild_index(client, named or ()) if rebuild else l3.list_versions(client)
     if as_json:
         print(index.model_dump_json(by_alias=True, indent=2))
         return

@@ -173,6 +173,11 @@ class ObjectClient(ABC):
     def delete(self, keys: Sequence[str]) -> None:
         """Delete objects; a missing key is not an error."""
 
+    def list_keys(self) -> list[str]:
+        """Every key under the prefix (relative to it): how a lost index is rebuilt from the
+        manifests. Stores that cannot list raise SourceError saying so."""
+        raise SourceError(f"{self.url} cannot be listed ({self.url.scheme}:// has no listing)")
+
     def expected_etag(self, path: Path) -> str | None:
         """The ETag the store gives `path`'s bytes once uploaded by `put_file`, where it is a
         checksum of them (S3: MD5, or MD5 of the parts' MD5s); None where it is not."""

@@ -141,6 +141,13 @@ class LocalClient(ObjectClient):
     def _atomic(self, key: str) -> _AtomicWrite:
         return _AtomicWrite(self.path(key))
 
+    def list_keys(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file()
+        )
+
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:
             path = self.path(key)

@@ -23,6 +23,7 @@ from xml.etree import ElementTree
 
 import oss2
 
+from modelcache.api.problems import one_line
 from modelcache.sources.base import (
     Credentials,
     InvalidSourceURL,
@@ -256,6 +257,18 @@ class OssClient(ObjectClient):
             raise SourceError(
                 f"{self.describe(key)}: OSS stored CRC-64 {server}, but {local} was sent"
             )
+
+    def list_keys(self) -> list[str]:
+        base = self.url.key("")
+        listing = oss2.ObjectIteratorV2(self._bucket, prefix=base)
+        try:
+            found = self._call("", lambda: [o.key for o in listing])
+        except RuntimeError as error:  # oss2 could not parse the store's answer
+            raise SourceError(
+                f"{self.describe('')} cannot be listed through oss2 against this store "
+                f"({one_line(error)}): name the versions instead"
+            ) from None
+        return [key[len(base) :] for key in found]
 
     def _call(self, key: str, call: Callable[[], T]) -> T:
         try:

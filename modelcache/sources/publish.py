@@ -15,7 +15,7 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -154,6 +154,36 @@ def settle(client: ObjectClient, index: VersionIndex) -> VersionIndex:
             if not client.exists(claim_key(entry.version)):
                 settled = settled.without({entry.version})
     return settled
+
+
+def rebuild_index(client: ObjectClient, versions: Sequence[str] = ()) -> VersionIndex:
+    """`index.json` made again from the manifests, for an index deleted or damaged by hand:
+    of every `<version>/manifest.json` the store lists, or, where it cannot list, of the
+    versions named (added to what the index still holds)."""
+    named = set(versions)
+    found = named or {key.split("/")[0] for key in client.list_keys() if _is_manifest(key)}
+    manifests = [read_manifest(client, version) for version in sorted(found)]
+
+    def rebuilt(now: VersionIndex) -> VersionIndex:
+        kept = now.versions if named else [e for e in now.versions if e.state == "publishing"]
+        index = VersionIndex(versions=kept)
+        for manifest in manifests:
+            index = index.with_version(manifest)
+        return index
+
+    _change_index(client, rebuilt, VersionIndex())  # a garbage index is replaced
+    return list_versions(client)
+
+
+def _is_manifest(key: str) -> bool:
+    version, _, name = key.partition("/")
+    if name != MANIFEST_NAME:
+        return False
+    try:
+        check_version(version)
+    except ValueError:
+        return False
+    return True
 
 
 def list_versions(client: ObjectClient) -> VersionIndex:

@@ -230,6 +230,16 @@ class S3ObjectClient(ObjectClient):
             names = ", ".join(str(e.get("Key")) for e in failed[:5])
             raise SourceError(f"{self.url}: deleting {names} failed")
 
+    def list_keys(self) -> list[str]:
+        base = self.url.key("")
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.url.bucket, Prefix=base
+        )
+        found = self._call(
+            "", lambda: [o["Key"] for page in pages for o in page.get("Contents", [])]
+        )
+        return [key[len(base) :] for key in found]
+
     # -- errors -----------------------------------------------------------------------------
     def _call(self, key: str, call: Callable[[], T]) -> T:
         try:

@@ -71,3 +71,36 @@ def test_gc_keep_never_removes_live_or_rollback_target(
     assert cli.live().resolve().name == "v3"
     evicted = sorted(e["version"] for e in cli.events("L2_EVICT"))
     assert evicted == ["v1", "v2"]
+
+
+def test_versions_rebuild_writes_a_lost_index_again_from_the_manifests(
+    cli: Cli, prefix: str, tmp_path: Path, object_store: ObjectStore
+) -> None:
+    url = f"s3://{BUCKET}/{prefix}"
+    for seed, version in enumerate(["v1", "v2"]):
+        cli.run(
+            "publish", str(make_model(tmp_path / version, seed, FILES)), url, "--version", version
+        )
+    s3 = object_store.s3_client()
+    s3.put_object(Bucket=BUCKET, Key=f"{prefix}/index.json", Body=b"{not json")
+    broken = cli.run("versions", url, check=False)
+    assert broken.returncode != 0
+    assert "invalid index" in broken.stderr
+    assert len(broken.stderr.strip().splitlines()) == 1
+
+    cli.run("versions", url, "--rebuild")
+    listed = json.loads(cli.run("versions", url, "--json").stdout)
+    assert [(v["version"], v["state"]) for v in listed["versions"]] == [
+        ("v1", "published"),
+        ("v2", "published"),
+    ]
+    assert [v["size"] for v in listed["versions"]] == [sum(FILES.values())] * 2
+
+    s3.delete_object(Bucket=BUCKET, Key=f"{prefix}/index.json")
+    assert json.loads(cli.run("versions", url, "--json").stdout)["versions"] == []
+    cli.run("versions", url, "--rebuild", "--version", "v2")  # a store that cannot list
+    listed = json.loads(cli.run("versions", url, "--json").stdout)
+    assert [v["version"] for v in listed["versions"]] == ["v2"]
+    missing = cli.run("versions", url, "--rebuild", "--version", "v9", check=False)
+    assert missing.returncode != 0
+    assert "v9" in missing.stderr

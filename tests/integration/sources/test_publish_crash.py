@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from modelcache.api.manifest import INDEX_NAME, VersionIndex
-from modelcache.sources.base import ObjectClient
+from modelcache.sources.base import ObjectClient, SourceError
 from modelcache.sources.publish import (
     VersionExists,
     claim_key,
@@ -22,6 +22,7 @@ from modelcache.sources.publish import (
     prune,
     publish,
     read_manifest,
+    rebuild_index,
 )
 from modelcache.testing import ObjectStore
 from tests.integration.sources.conftest import make_location
@@ -124,3 +125,27 @@ def test_a_publish_killed_before_its_manifest_publishes_nothing(
     publish(client, model, "v1")
     assert [(e.version, e.state) for e in list_versions(client).versions] == [("v1", "published")]
     assert json.loads(client.get_bytes(INDEX_NAME))["versions"][0]["state"] == "published"
+
+
+@pytest.mark.parametrize("scheme", ["oss", "s3", "file", "http"])
+def test_an_index_deleted_by_hand_is_rebuilt_from_the_manifests(
+    scheme: str, store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    location = make_location(scheme, store_env, tmp_path, http_root)
+    client, writer = location.client, location.writer
+    for n, version in enumerate(["v1", "v2"]):
+        publish(writer, model_dir(tmp_path, version, b"x" * (n + 1)), version)
+    writer.delete([INDEX_NAME])
+    assert list_versions(client).versions == []
+
+    if scheme in ("oss", "http"):  # oss2 cannot parse SeaweedFS's listing; http has none
+        with pytest.raises(SourceError, match="cannot be listed"):
+            rebuild_index(client)
+        rebuilt = rebuild_index(writer, ["v1", "v2"])
+    else:
+        rebuilt = rebuild_index(client)
+    assert [(e.version, e.state, e.size) for e in rebuilt.versions] == [
+        ("v1", "published", 1),
+        ("v2", "published", 2),
+    ]
+    assert list_versions(client) == rebuilt
