@@ -231,6 +231,8 @@ class NodeReconciler:
         for version in entry.pins:
             if store.has_version(model, version):
                 self.engine.pin(model, version)
+        for version in store.pins(model) - set(entry.pins):  # taken off the desired state
+            self.engine.unpin(model, version)
         now = time.monotonic()
         for version in entry.versions:
             if store.has_version(model, version):

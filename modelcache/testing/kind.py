@@ -193,12 +193,10 @@ class KindCluster:
         self._wait_ready(self.nodes)
 
     def _load(self, image: ProjectImage) -> None:
-        present = _run(["docker", "image", "inspect", image.ref], check=False).strip()
-        if not present or present == "[]":
-            self.report(f"docker build {image.ref} ({image.dockerfile})")
-            _run(
-                ["docker", "build", "-f", str(REPO / image.dockerfile), "-t", image.ref, str(REPO)]
-            )
+        """Build from this checkout every time (Docker's layer cache makes a rebuild of
+        unchanged inputs quick), so the nodes never run an image of older code."""
+        self.report(f"docker build {image.ref} ({image.dockerfile})")
+        _run(["docker", "build", "-f", str(REPO / image.dockerfile), "-t", image.ref, str(REPO)])
         self.report(f"kind load docker-image {image.ref}")
         _run(["kind", "load", "docker-image", image.ref, f"--name={self.name}"])
 

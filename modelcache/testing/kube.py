@@ -57,7 +57,7 @@ class KubeControlPlane:
         self.with_service_accounts = with_service_accounts
         self.prepare_pki = prepare_pki
         self.admin_token = secrets.token_urlsafe(32)
-        self.etcd_port, self.etcd_peer_port, self.port = free_ports(3)
+        self.etcd_port, self.etcd_peer_port, self.port = free_ports(3, host)
         self.kubeconfig = self.work_dir / "kubeconfig"
         self.processes: list[ManagedProcess] = []
         self.pki: ApiserverPki | None = None

@@ -59,7 +59,7 @@ class ObjectStore:
             self.volume_grpc_port,
             self.filer_port,
             self.filer_grpc_port,
-        ) = free_ports(8)
+        ) = free_ports(8, host)
         self.process: ManagedProcess | None = None
 
     @property

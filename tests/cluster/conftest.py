@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import ssl
 import subprocess
 import time
 import uuid
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 import yaml
 from kubernetes import client, config
 
@@ -240,6 +242,56 @@ def modelcache_release(
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+class PodUnreachable(Exception):  # noqa: N818 - reads as what it is
+    """The API server could not reach the pod's port (not listening yet, or gone)."""
+
+
+def pod_http(
+    api: client.ApiClient,
+    pod: Any,
+    port: int,
+    path: str,
+    *,
+    json_body: Any = None,
+    timeout: float = 10,
+) -> Any:
+    """A request to a pod's own port through the API server's pod proxy: the pod answers,
+    on any cluster (a kind cluster's pod IPs are not routable from this host). The parsed
+    JSON answer, or the text where it is not JSON; PodUnreachable unless the pod said 200.
+    Made with the client's own credentials (a token here, client certificates on kind)."""
+    conf = api.configuration
+    context = ssl.create_default_context(cafile=conf.ssl_ca_cert)
+    if conf.cert_file:
+        context.load_cert_chain(conf.cert_file, conf.key_file)
+    headers = {"Accept": "*/*"}
+    bearer = conf.auth_settings().get("BearerToken") or {}
+    if bearer.get("value"):
+        headers[bearer["key"]] = bearer["value"]
+    body = None if json_body is None else json.dumps(json_body).encode()
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    where = f"{pod.metadata.name}:{port}"
+    url = f"{conf.host}/api/v1/namespaces/{pod.metadata.namespace}/pods/{where}/proxy/{path}"
+    try:
+        response = urllib3.PoolManager(ssl_context=context).request(
+            "GET" if body is None else "POST",
+            url,
+            body=body,
+            headers=headers,
+            timeout=timeout,
+            retries=False,
+        )
+    except urllib3.exceptions.HTTPError as error:
+        raise PodUnreachable(f"{where}/{path}: {error}") from error
+    text = response.data.decode(errors="replace")
+    if response.status != 200:
+        raise PodUnreachable(f"{where}/{path}: {response.status} {text[:300]}")
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
 
 
 def pods(api: client.ApiClient, namespace: str, selector: str) -> list[Any]:

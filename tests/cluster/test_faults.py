@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,7 +23,7 @@ from modelcache.sources.publish import publish
 from modelcache.sources.registry import open_source
 from modelcache.testing.e2e import ClusterNode
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
-from tests.cluster.conftest import CREDENTIALS, Cluster, Release, pods, unique
+from tests.cluster.conftest import CREDENTIALS, Cluster, Release, pod_http, pods, unique
 from tests.cluster.test_deploy import eventually
 from tests.integration.cli.support import make_model, same_tree
 
@@ -220,13 +219,14 @@ def test_an_agent_pod_deleted_mid_pull_is_replaced_and_resumes(
     )
     assert replacement.metadata.name != agent
     assert same_tree(model, version_dir), "the resumed pull verified and complete"
-    downloaded = source_bytes(replacement.status.pod_ip, f"{models.namespace}/resume")
+    downloaded = source_bytes(cluster_api, replacement, f"{models.namespace}/resume")
     assert 0 < downloaded < SIZE, f"the replacement resumed ({downloaded} of {SIZE} bytes)"
     models.delete("resume")
 
 
-def source_bytes(pod_ip: str, model: str) -> float:
-    text = requests.get(f"http://{pod_ip}:9400/metrics", timeout=10).text
+def source_bytes(api: client.ApiClient, agent: Any, model: str) -> float:
+    """What the agent pod's own /metrics says it pulled from L3 for `model`."""
+    text = pod_http(api, agent, 9400, "metrics")
     return sum(
         sample.value
         for family in text_string_to_metric_families(text)
@@ -306,5 +306,5 @@ def test_a_node_that_joins_gets_the_live_version(
         )
         if p.spec.node_name == joined.name
     )
-    assert source_bytes(agent.status.pod_ip, f"{models.namespace}/join") >= SIZE
+    assert source_bytes(cluster_api, agent, f"{models.namespace}/join") >= SIZE
     models.delete("join")

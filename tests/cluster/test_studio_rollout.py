@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -26,7 +25,7 @@ from modelcache.sources.base import Credentials
 from modelcache.sources.publish import publish
 from modelcache.sources.registry import open_source
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
-from tests.cluster.conftest import Cluster, Release, pods
+from tests.cluster.conftest import Cluster, PodUnreachable, Release, pod_http, pods
 from tests.cluster.test_deploy import eventually
 from tests.integration.operator.test_end_to_end import NodeCacheRecorder
 
@@ -106,41 +105,41 @@ def settled_on(api: client.ApiClient, version: str, nodes: int) -> bool:
     )
 
 
-def studio_pods(api: client.ApiClient) -> dict[str, str]:
-    """node name -> the studio pod's IP, for Running pods with an IP."""
+def studio_pods(api: client.ApiClient) -> dict[str, Any]:
+    """node name -> its Running studio pod."""
     return {
-        p.spec.node_name: p.status.pod_ip
+        p.spec.node_name: p
         for p in pods(api, NAMESPACE, "app=studio")
         if p.status.phase == "Running" and p.status.pod_ip
     }
 
 
-def live_version(ip: str) -> str | None:
+def live_version(api: client.ApiClient, pod: Any) -> str | None:
     try:
-        health = requests.get(f"http://{ip}:8000/healthz", timeout=10).json()
-    except requests.RequestException:
+        health = pod_http(api, pod, 8000, "healthz")
+    except PodUnreachable:
         return None
     live: str | None = health["live_version"]
     return live
 
 
 def all_live(api: client.ApiClient, version: str, nodes: int) -> bool:
-    ips = studio_pods(api)
-    return len(ips) == nodes and all(live_version(ip) == version for ip in ips.values())
+    found = studio_pods(api)
+    return len(found) == nodes and all(live_version(api, p) == version for p in found.values())
 
 
-def generated(ip: str) -> dict[str, Any]:
-    response = requests.post(f"http://{ip}:8000/generate", json={"seed": SEED}, timeout=120)
-    assert response.status_code == 200, response.text
-    answer: dict[str, Any] = response.json()
+def generated(api: client.ApiClient, pod: Any) -> dict[str, Any]:
+    answer: dict[str, Any] = pod_http(
+        api, pod, 8000, "generate", json_body={"seed": SEED}, timeout=120
+    )
     return answer
 
 
 def downloaded_bytes(api: client.ApiClient, namespace: str) -> dict[str, float]:
-    """Bytes each node's agent pulled from L3, from its own /metrics (scraped at its pod IP)."""
+    """Bytes each node's agent pulled from L3, from its own /metrics (scraped from its pod)."""
     totals = {}
     for pod in pods(api, namespace, "app.kubernetes.io/component=agent"):
-        text = requests.get(f"http://{pod.status.pod_ip}:9400/metrics", timeout=10).text
+        text = pod_http(api, pod, 9400, "metrics")
         totals[pod.spec.node_name] = sum(
             sample.value
             for family in text_string_to_metric_families(text)
@@ -161,10 +160,10 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     nodes = len(e2e_cluster.nodes)
     eventually(lambda: settled_on(cluster_api, "v1", nodes), f"READY {nodes}/{nodes} on v1", 300)
     eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod on v1", 180)
-    ips = studio_pods(cluster_api)
-    assert sorted(ips) == [n.name for n in e2e_cluster.nodes], "one studio pod per node"
-    for node, ip in ips.items():
-        answer = generated(ip)
+    found = studio_pods(cluster_api)
+    assert sorted(found) == [n.name for n in e2e_cluster.nodes], "one studio pod per node"
+    for node, pod in found.items():
+        answer = generated(cluster_api, pod)
         assert answer["version"] == "v1", node
         assert answer["image_sha256"] == studio.digest("v1"), f"{node} serves a different v1"
     shown = e2e_cluster.kubectl("get", "mv", "-n", NAMESPACE)
@@ -187,8 +186,8 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     flipped = [sum(1 for m in s.values() if m["active"] == "v2") for s in states]
     assert 1 in flipped, f"no state with the canary alone on v2: {flipped}"
     assert flipped.index(1) < flipped.index(nodes), "the canary flipped before the wave"
-    for node, ip in studio_pods(cluster_api).items():
-        answer = generated(ip)
+    for node, pod in studio_pods(cluster_api).items():
+        answer = generated(cluster_api, pod)
         assert answer["version"] == "v2", node
         assert answer["image_sha256"] == studio.digest("v2"), f"{node} serves a different v2"
 
@@ -207,6 +206,6 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     assert "v2 -> v1" in rollback.stdout
     eventually(lambda: settled_on(cluster_api, "v1", nodes), "READY on v1 again", 120)
     eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod back on v1", 60)
-    for node, ip in studio_pods(cluster_api).items():
-        assert generated(ip)["image_sha256"] == studio.digest("v1"), node
+    for node, pod in studio_pods(cluster_api).items():
+        assert generated(cluster_api, pod)["image_sha256"] == studio.digest("v1"), node
     assert downloaded_bytes(cluster_api, modelcache_release.namespace) == before

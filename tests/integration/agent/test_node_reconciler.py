@@ -298,7 +298,7 @@ def test_retention_removes_the_blobs_only_dropped_versions_used(
     assert report.corrupt == []
 
 
-def test_a_pinned_version_survives_retention(
+def test_a_pinned_version_survives_retention_until_it_is_unpinned(
     store: ObjectStore, make_node: Callable[..., Node], tmp_path: Path
 ) -> None:
     url, _ = publish_versions(
@@ -313,3 +313,7 @@ def test_a_pinned_version_survives_retention(
     versions = node.root / "models" / NAMESPACE / NAME / "versions"
     eventually(lambda: not (versions / "v2").exists(), "v2 dropped by retention")
     assert sorted(p.name for p in versions.iterdir()) == ["v1", "v3", "v4"]
+
+    node.want("v4")  # the pin is taken off (spec.pin emptied, or the config's pins)
+    eventually(lambda: not (versions / "v1").exists(), "v1 unpinned, then dropped")
+    assert sorted(p.name for p in versions.iterdir()) == ["v3", "v4"]
