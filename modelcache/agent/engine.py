@@ -125,6 +125,12 @@ class CacheEngine:
             if self.options.bandwidth_limit is not None
             else None
         )
+        self._cancel = threading.Event()
+
+    def cancel_pulls(self) -> None:
+        """The agent is stopping: every download stops after its current chunk, resumable,
+        instead of the pool fetching every queued part before the process can exit."""
+        self._cancel.set()
 
     # -- L3 -------------------------------------------------------------------------------
     def client(self, url: str, credentials: Credentials | None = None) -> ObjectClient:
@@ -284,6 +290,7 @@ class CacheEngine:
                     options=self.options,
                     progress=received.add,
                     limiter=self.limiter,
+                    cancel=self._cancel,
                 )
             except VerificationError:
                 self.events.emit(
@@ -415,6 +422,7 @@ class CacheEngine:
                 tmp,
                 options=self.options,
                 limiter=self.limiter,
+                cancel=self._cancel,
             )
             self.store.adopt_blob(tmp, entry.sha256)
         return self.store.relink(entry.sha256)

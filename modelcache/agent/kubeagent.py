@@ -82,6 +82,12 @@ class KubeAgent:
     def run(self) -> None:
         self.watcher.start()
         self.reporter.start()
+        try:
+            self._loop()
+        finally:
+            self.reconciler.stop_pulls()
+
+    def _loop(self) -> None:
         wait = self.resync_seconds
         while not self.stop.is_set():
             self._wake.wait(wait)

@@ -27,7 +27,7 @@ from modelcache.sources.base import (
     ObjectNotFound,
     SourceError,
 )
-from modelcache.sources.download import VerificationError
+from modelcache.sources.download import PullCancelled, VerificationError
 from modelcache.sources.publish import VersionMissing
 from modelcache.store import ModelRef, StoreError
 
@@ -253,6 +253,11 @@ class NodeReconciler:
         with self._lock:
             return self._models.setdefault(key, _ModelState())
 
+    def stop_pulls(self) -> None:
+        """On shutdown: downloads in flight stop now and stay resumable (see the pull
+        threads' comment); the next agent on this node picks them up."""
+        self.engine.cancel_pulls()
+
     def busy(self, key: str | None = None) -> bool:
         """A pull in flight (for `key`, or for any model)."""
         with self._lock:
@@ -357,14 +362,17 @@ class NodeReconciler:
             )
             with self._lock:
                 state.failures.pop(version, None)
+        except PullCancelled:  # the agent is stopping: not a failure, nothing to report
+            log.info("pull of %s %s stopped with the agent; it resumes on restart", *key)
+            return
         except Exception as error:  # every failure is reported and retried; never kills the agent
             self._failed(entry, version, state, error)
         finally:
             with self._lock:
                 self._pulls.pop(key, None)
                 self._threads.pop(key, None)
-            self.on_change()
-            self.on_pull_end()
+        self.on_change()
+        self.on_pull_end()
 
     def _failed(
         self, entry: DesiredModel, version: str, state: _ModelState, error: Exception

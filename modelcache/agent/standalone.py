@@ -124,6 +124,7 @@ class StandaloneAgent:
                 self._wake.wait(self.config.poll_seconds)
         finally:
             self.stop.set()
+            self.reconciler.stop_pulls()
             if scrubber is not None:
                 scrubber.join(timeout=30)
             if self.metrics_server is not None:

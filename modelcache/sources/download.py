@@ -368,6 +368,11 @@ class _Aborted(Exception):  # noqa: N818 - internal signal, never escapes
     """Another part failed: stop this one."""
 
 
+class PullCancelled(Exception):  # noqa: N818 - reads as what it is
+    """The caller is stopping (an agent on SIGTERM): the download stopped where it was and
+    stays resumable. Without it the pool's workers would fetch every queued part first."""
+
+
 @dataclass
 class _Download:
     """One attempt at one object version into one fd; `run()` fetches the pending parts."""
@@ -383,6 +388,7 @@ class _Download:
     hasher: OrderedHasher | None = None
     resume_from: dict[int, int] = field(default_factory=dict)  # part -> bytes already on disk
     abort: threading.Event = field(default_factory=threading.Event)
+    cancel: threading.Event | None = None  # the caller's: set when it stops
 
     @property
     def chunk(self) -> int:
@@ -456,10 +462,15 @@ class _Download:
             _close(ranges)  # an abandoned response must not hold its connection
 
     def _sleep(self, seconds: float) -> None:
-        """Back off, but wake up at once when another part failed."""
-        self.abort.wait(seconds)
+        """Back off, but wake up at once when another part failed (or soon, when cancelled)."""
+        deadline = time.monotonic() + seconds
+        while not self.abort.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline or (self.cancel is not None and self.cancel.is_set()):
+                return
 
     def _check_abort(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise PullCancelled(f"{self.client.describe(self.key)}: the download was cancelled")
         if self.abort.is_set():
             raise _Aborted
 
@@ -622,6 +633,7 @@ def download_file(
     options: PullOptions = PullOptions(),
     progress: Progress | None = None,
     limiter: RateLimiter | None = None,
+    cancel: threading.Event | None = None,
 ) -> Digest:
     """Download `key` into `dest` (a temp path) and verify it against `expected`.
 
@@ -630,7 +642,8 @@ def download_file(
     parts are not counted, and a restart counts again). `limiter` shares a bandwidth
     cap across calls; otherwise `options.bandwidth_limit` caps this call alone.
     Raises VerificationError (partial file removed), ObjectNotFound, ObjectChanged
-    (it kept changing), SourceUnreachable (after retries), OSError (local disk).
+    (it kept changing), SourceUnreachable (after retries), OSError (local disk), and
+    PullCancelled once `cancel` is set (the partial kept, resumable).
     """
     if limiter is None and options.bandwidth_limit is not None:
         limiter = RateLimiter(options.bandwidth_limit)
@@ -640,7 +653,14 @@ def download_file(
         check_head(client, key, info, expected)
         try:
             digest = _fetch_all(
-                client, key, info, dest, options=options, progress=progress, limiter=limiter
+                client,
+                key,
+                info,
+                dest,
+                options=options,
+                progress=progress,
+                limiter=limiter,
+                cancel=cancel,
             )
         except ObjectChanged:
             discard(dest)
@@ -669,6 +689,7 @@ def _fetch_all(
     options: PullOptions,
     progress: Progress | None,
     limiter: RateLimiter | None,
+    cancel: threading.Event | None = None,
 ) -> Digest:
     """Fetch every part not yet on disk (a durable record says what is), hashing the file
     in order while it arrives; returns what the whole file hashes to."""
@@ -694,7 +715,17 @@ def _fetch_all(
         )
         hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done, started=started)
         download = _Download(
-            client, key, info, opened.fd, journal, options, progress, limiter, hasher, started
+            client,
+            key,
+            info,
+            opened.fd,
+            journal,
+            options,
+            progress,
+            limiter,
+            hasher,
+            started,
+            cancel=cancel,
         )
         try:
             download.run(todo)

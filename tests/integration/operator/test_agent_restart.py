@@ -1,4 +1,5 @@
-"""An agent killed with SIGKILL mid-pull resumes the pull when it comes back (Kubernetes mode)."""
+"""An agent killed mid-pull (SIGKILL, or SIGTERM as a deleted pod gets) resumes the pull when it
+comes back (Kubernetes mode)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 from kubernetes import client
 
 from modelcache.agent.events import read_events
@@ -34,13 +38,24 @@ def claimed_parts(root: Path) -> int:
     return parts
 
 
-def test_agent_restarted_mid_pull_resumes(
+@dataclass
+class Node:
+    """A NodeCache for one fake node wanting `studio/sdxl` v1 (16 MiB), and its agent."""
+
+    name: str
+    root: Path
+    model: Path
+    agent: Callable[[], ManagedProcess]
+
+
+@pytest.fixture
+def node(
     kube: KubeControlPlane,
     kube_client: Any,
     crds: client.CustomObjectsApi,
     object_store: ObjectStore,
     tmp_path: Path,
-) -> None:
+) -> Iterator[Node]:
     object_store.create_bucket("restart-models")
     url = f"oss://restart-models/base-{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "OSS_ENDPOINT": object_store.endpoint, "PYTHONUNBUFFERED": "1"}
@@ -92,6 +107,13 @@ def test_agent_restarted_mid_pull_resumes(
             extra=pull_flags,
         ).start()
 
+    yield Node(node, root, model, agent)
+    core.delete_node(node)
+    crds.delete_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
+
+
+def test_agent_restarted_mid_pull_resumes(node: Node) -> None:
+    root, model, agent = node.root, node.model, node.agent
     first = agent()
     try:
         deadline = time.monotonic() + 60
@@ -129,5 +151,44 @@ def test_agent_restarted_mid_pull_resumes(
     assert (root / "models/studio/sdxl/current/unet/48.safetensors").read_bytes() == (
         model / "unet/48.safetensors"
     ).read_bytes()
-    core.delete_node(node)
-    crds.delete_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
+
+
+PARTS = SIZE // (256 * 1024)
+
+
+def test_agent_stopped_with_sigterm_stops_its_pull_at_once_and_resumes(node: Node) -> None:
+    """A DaemonSet pod deleted mid-pull gets SIGTERM: the agent stops its download where it
+    is (it used to fetch every queued part on the way out, then lose the record) and its
+    successor fetches only the rest."""
+    root = node.root
+    first = node.agent()
+    claimed = 0
+    try:
+        deadline = time.monotonic() + 60
+        while claimed_parts(root) < 8:
+            assert first.exit_reason() is None, first.exit_reason()
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.05)
+    finally:
+        claimed = claimed_parts(root)
+        assert first.stop() == 0, "a clean exit on SIGTERM"
+    records = list((root / "tmp").glob("*.resume.json"))
+    assert len(records) == 1, "the partial download is kept, with its record"
+    # It stops within the parts in flight (4), not after fetching every queued part.
+    assert claimed_parts(root) <= claimed + 8 < PARTS, "stopped mid-pull, where it was"
+    assert not [f for f in (root / "blobs").rglob("*") if f.is_file()], "nothing was adopted"
+
+    second = node.agent()
+    try:
+        deadline = time.monotonic() + 90
+        while not (root / "models/studio/sdxl/current").exists():
+            assert second.exit_reason() is None, second.exit_reason()
+            assert time.monotonic() < deadline, second.log_tail()
+            time.sleep(0.1)
+    finally:
+        assert second.stop() == 0
+    ends = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_END"]
+    assert len(ends) == 1, "the stopped pull ended nothing: it is not reported as failed"
+    assert 0 < ends[0]["bytes_downloaded"] < SIZE, "the successor fetched only what was missing"
+    live = root / "models/studio/sdxl/current/unet/48.safetensors"
+    assert live.read_bytes() == (node.model / "unet/48.safetensors").read_bytes()

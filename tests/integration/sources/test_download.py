@@ -26,6 +26,7 @@ from modelcache.sources.base import (
 from modelcache.sources.checksum import StreamHasher
 from modelcache.sources.download import (
     Part,
+    PullCancelled,
     PullOptions,
     RateLimiter,
     ResumeRecord,
@@ -429,3 +430,41 @@ def test_a_link_that_keeps_breaking_completes_while_bytes_still_arrive(
     download_file(client, KEY, entry_for(data), dest, options=options)
     assert dest.read_bytes() == data
     assert http_server.faults[served.resolve()] == 0
+
+
+def test_a_cancelled_download_stops_where_it_is_and_resumes(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    """`cancel` (an agent on SIGTERM) stops every part after its current chunk: the queued
+    parts are not fetched, the partial and its record stay, and the next call resumes."""
+    location = make_location("s3", store_env, tmp_path, http_root)
+    data = os.urandom(8 * MiB)
+    location.put(KEY, data)
+    dest = tmp_path / "blob"
+    options = PullOptions(concurrency=2, part_size=MiB // 4, bandwidth_limit=2 * MiB)
+    cancel = threading.Event()
+    received: list[int] = []
+
+    def progress(nbytes: int) -> None:
+        received.append(nbytes)
+        if sum(received) >= MiB:
+            cancel.set()
+
+    with pytest.raises(PullCancelled):
+        download_file(
+            location.client,
+            KEY,
+            entry_for(data),
+            dest,
+            options=options,
+            progress=progress,
+            cancel=cancel,
+        )
+    first = sum(received)
+    assert first < 2 * MiB, "the 24 queued parts were not fetched"
+    assert resume_path(dest).exists()
+
+    received.clear()
+    download_file(location.client, KEY, entry_for(data), dest, options=options, progress=progress)
+    assert dest.read_bytes() == data
+    assert first + sum(received) <= len(data) + 2 * (MiB // 4), "only the rest was fetched"
