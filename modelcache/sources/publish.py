@@ -102,7 +102,8 @@ def publish(
     progress: Progress | None = None,
     on_file: Callable[[str, int], None] | None = None,
 ) -> Manifest:
-    """Hash and upload every file of `directory` as `version`, then the manifest, then the index."""
+    """Publish `directory` as `version`: claim the name, list it as `publishing`, upload and
+    check every file, write the manifest, then mark it `published` in the index."""
     check_version(version)
     if client.exists(manifest_key(version)):
         raise VersionExists(
@@ -126,10 +127,11 @@ def publish(
         manifest = _upload(client, files, version, progress=progress, on_file=on_file)
         if not client.put_bytes_if_absent(manifest_key(version), manifest.to_json()):
             raise VersionExists(f"version {version!r} appeared at {client.describe(version)}")
-    except BaseException:
-        with contextlib.suppress(SourceError):  # failed before its manifest: free the name
-            if listed:
+    except BaseException:  # failed before its manifest: unlist it and free the name
+        if listed:
+            with contextlib.suppress(SourceError):  # else readers drop it once unclaimed
                 _change_index(client, partial(VersionIndex.without, versions={version}))
+        with contextlib.suppress(SourceError):
             client.delete([claim])
         raise
     try:
