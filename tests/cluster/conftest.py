@@ -133,8 +133,12 @@ def e2e_cluster(progress: Callable[[str], None]) -> Iterator[Cluster]:
         if os.environ.get("MODELCACHE_REQUIRE_CLUSTER") == "1":
             pytest.fail(f"MODELCACHE_REQUIRE_CLUSTER=1 but {reason}")
         pytest.skip(reason)
-    made = KindCluster(nodes=NODES, report=progress) if ON_KIND else None
-    with made or KubeletCluster(nodes=NODES, report=progress) as cluster:
+    chosen: KindCluster | KubeletCluster = (
+        KindCluster(nodes=NODES, report=progress)
+        if ON_KIND
+        else KubeletCluster(nodes=NODES, report=progress)
+    )
+    with chosen as cluster:
         yield cluster
 
 

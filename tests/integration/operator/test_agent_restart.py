@@ -38,6 +38,17 @@ def claimed_parts(root: Path) -> int:
     return parts
 
 
+def wait_while_running(
+    agent: ManagedProcess, condition: Callable[[], bool], timeout: float
+) -> None:
+    """Poll `condition`; fail with the agent's log if it exits or the time runs out first."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert agent.exit_reason() is None, agent.exit_reason()
+        assert time.monotonic() < deadline, agent.log_tail()
+        time.sleep(0.05)
+
+
 @dataclass
 class Node:
     """A NodeCache for one fake node wanting `studio/sdxl` v1 (16 MiB), and its agent."""
@@ -116,11 +127,7 @@ def test_agent_restarted_mid_pull_resumes(node: Node) -> None:
     root, model, agent = node.root, node.model, node.agent
     first = agent()
     try:
-        deadline = time.monotonic() + 60
-        while claimed_parts(root) < 16:
-            assert first.exit_reason() is None, first.exit_reason()
-            assert time.monotonic() < deadline, first.log_tail()
-            time.sleep(0.05)
+        wait_while_running(first, lambda: claimed_parts(root) >= 16, 60)
         assert first.pid is not None
         os.kill(first.pid, signal.SIGKILL)
     finally:
@@ -129,18 +136,15 @@ def test_agent_restarted_mid_pull_resumes(node: Node) -> None:
 
     second = agent()
     try:
-        deadline = time.monotonic() + 90
-        while not (root / "models/studio/sdxl/current").exists():
-            assert second.exit_reason() is None, second.exit_reason()
-            assert time.monotonic() < deadline, second.log_tail()
-            time.sleep(0.1)
+        wait_while_running(second, (root / "models/studio/sdxl/current").exists, 90)
         # The continuous re-verification finds a flipped bit and repairs it from L3.
         with (root / "models/studio/sdxl/current/unet/48.safetensors").open("r+b") as handle:
             handle.write(b"\x00" * 32)
-        while not [e for e in read_events(root / "events.jsonl") if e["event"] == "L2_REPAIR"]:
-            assert second.exit_reason() is None, second.exit_reason()
-            assert time.monotonic() < deadline, second.log_tail()
-            time.sleep(0.1)
+
+        def repaired() -> bool:
+            return any(e["event"] == "L2_REPAIR" for e in read_events(root / "events.jsonl"))
+
+        wait_while_running(second, repaired, 90)
     finally:
         assert second.stop() == 0
     ends = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_END"]
@@ -164,11 +168,7 @@ def test_agent_stopped_with_sigterm_stops_its_pull_at_once_and_resumes(node: Nod
     first = node.agent()
     claimed = 0
     try:
-        deadline = time.monotonic() + 60
-        while claimed_parts(root) < 8:
-            assert first.exit_reason() is None, first.exit_reason()
-            assert time.monotonic() < deadline, first.log_tail()
-            time.sleep(0.05)
+        wait_while_running(first, lambda: claimed_parts(root) >= 8, 60)
     finally:
         claimed = claimed_parts(root)
         assert first.stop() == 0, "a clean exit on SIGTERM"
@@ -180,11 +180,7 @@ def test_agent_stopped_with_sigterm_stops_its_pull_at_once_and_resumes(node: Nod
 
     second = node.agent()
     try:
-        deadline = time.monotonic() + 90
-        while not (root / "models/studio/sdxl/current").exists():
-            assert second.exit_reason() is None, second.exit_reason()
-            assert time.monotonic() < deadline, second.log_tail()
-            time.sleep(0.1)
+        wait_while_running(second, (root / "models/studio/sdxl/current").exists, 90)
     finally:
         assert second.stop() == 0
     ends = [e for e in read_events(root / "events.jsonl") if e["event"] == "L3_PULL_END"]

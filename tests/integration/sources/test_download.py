@@ -19,6 +19,7 @@ from modelcache.sources import s3 as s3_backend
 from modelcache.sources.base import (
     Credentials,
     ObjectChanged,
+    ObjectClient,
     ObjectNotFound,
     SourceReadOnly,
     SourceUnreachable,
@@ -231,17 +232,25 @@ def test_large_upload_goes_multipart_and_downloads_back(
     assert dest.read_bytes() == local.read_bytes()
 
 
+def breaking_source(
+    server: RangeServer, prefix: str, data: bytes, breaks: int
+) -> tuple[ObjectClient, Path]:
+    """`data` served over http at `KEY`, its next `breaks` responses cut off halfway; the
+    client, and the served file (`server.faults` counts down its breaks left)."""
+    served = (server.root / prefix / KEY).resolve()
+    served.parent.mkdir(parents=True)
+    served.write_bytes(data)
+    server.faults[served] = breaks
+    return open_source(f"{server.url}/{prefix}"), served
+
+
 @pytest.mark.parametrize("retries", [0, 3])
 def test_broken_responses_are_retried_from_the_last_byte(
     http_server: RangeServer, tmp_path: Path, retries: int
 ) -> None:
     data = os.urandom(4 * MiB)
     prefix = f"flaky-{retries}-{time.monotonic_ns()}"
-    served = http_server.root / prefix / KEY
-    served.parent.mkdir(parents=True)
-    served.write_bytes(data)
-    client = open_source(f"{http_server.url}/{prefix}")
-    http_server.faults[served.resolve()] = 3  # three responses break off halfway
+    client, served = breaking_source(http_server, prefix, data, breaks=3)
     dest, seen = tmp_path / "blob", Counted()
     options = PullOptions(concurrency=1, part_size=2 * MiB, retries=retries)
     if retries == 0:
@@ -251,7 +260,7 @@ def test_broken_responses_are_retried_from_the_last_byte(
     download_file(client, KEY, entry_for(data), dest, options=options, progress=seen)
     assert dest.read_bytes() == data
     assert seen.total == len(data)  # retries continued where the broken responses stopped
-    assert http_server.faults[served.resolve()] == 0
+    assert http_server.faults[served] == 0
 
 
 # -- unreachable endpoints and secrets --------------------------------------------------------
@@ -420,16 +429,12 @@ def test_a_link_that_keeps_breaking_completes_while_bytes_still_arrive(
     over, and the pull completes (a fixed count of 6 retries gave up)."""
     data = os.urandom(32 * MiB)
     prefix = f"flakier-{time.monotonic_ns()}"
-    served = http_server.root / prefix / KEY
-    served.parent.mkdir(parents=True)
-    served.write_bytes(data)
-    client = open_source(f"{http_server.url}/{prefix}")
-    http_server.faults[served.resolve()] = 7
+    client, served = breaking_source(http_server, prefix, data, breaks=7)
     dest = tmp_path / "blob"
     options = PullOptions(concurrency=1, part_size=32 * MiB)
     download_file(client, KEY, entry_for(data), dest, options=options)
     assert dest.read_bytes() == data
-    assert http_server.faults[served.resolve()] == 0
+    assert http_server.faults[served] == 0
 
 
 def test_a_cancelled_download_stops_where_it_is_and_resumes(
