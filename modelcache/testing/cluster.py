@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,7 @@ from filelock import FileLock, Timeout
 
 from modelcache.testing import hostnet, reaper
 from modelcache.testing.cache import cache_dir
+from modelcache.testing.containerd import BIG_IMAGE_BYTES, import_disk_need, unpacked_layer_digests
 from modelcache.testing.hostprep import ensure_host_packages
 from modelcache.testing.images import (
     COREDNS_IMAGE,
@@ -165,6 +167,7 @@ class KubeletCluster:
         self.node_toolchain: NodeToolchain | None = None
         self._reaper: int | None = None
         self._lock = cluster_lock()
+        self._big_import = threading.Lock()
 
     # --- public -------------------------------------------------------------------------
     @property
@@ -306,18 +309,19 @@ class KubeletCluster:
         say(f"cluster ready: {len(self.nodes)} nodes, KUBECONFIG={self.kubeconfig}")
 
     def _check_disk(self) -> None:
-        """Fail at once, in one line, when the nodes would fill the disk: each node's
-        containerd keeps every image twice (content and unpacked), and an agent refuses
-        pulls above 95% full (its default high watermark)."""
+        """Fail at once, in one line, when the nodes would fill the disk: each node keeps
+        every image once (unpacked; the layer blobs are dropped after the import), the
+        largest image briefly twice while it imports, and an agent refuses pulls above 95%
+        full (its default high watermark)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         usage = shutil.disk_usage(self.work_dir)
-        images = sum(i.tarball.stat().st_size for i in self.images)
-        need = 2 * images * self.node_count + usage.total // 20 + (4 << 30)
+        sizes = [i.tarball.stat().st_size for i in self.images]
+        need = import_disk_need(sizes, self.node_count) + usage.total // 20 + (4 << 30)
         if usage.free < need:
             raise ClusterError(
                 f"not enough disk for a {self.node_count}-node cluster under {self.work_dir}: "
                 f"{usage.free / 2**30:.1f} GiB free, about {need / 2**30:.1f} GiB needed "
-                f"({images / 2**30:.1f} GiB of images, twice per node, and 5% of the disk "
+                f"({sum(sizes) / 2**30:.1f} GiB of images per node, and 5% of the disk "
                 "kept free for the agents' watermark)"
             )
 
@@ -641,20 +645,29 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         )
 
     def import_image(self, node: Node, tarball: Path) -> None:
-        """Load an image tarball into a node's containerd, where its kubelet finds it."""
+        """Load an image tarball into a node's containerd, where its kubelet finds it, then
+        drop the layer blobs it has unpacked: what containerd's `discard_unpacked_layers`
+        does for pulls, so a multi-GB image costs each node its size once, not twice."""
+        big = tarball.stat().st_size >= BIG_IMAGE_BYTES
+        with self._big_import if big else contextlib.nullcontext():
+            self._ctr(node, ["images", "import", str(tarball)], what=f"importing {tarball.name}")
+            listing = self._ctr(node, ["content", "ls"], what="listing content")
+            for digest in unpacked_layer_digests(listing):
+                self._ctr(node, ["content", "rm", digest], what=f"dropping layer {digest}")
+
+    def _ctr(self, node: Node, args: list[str], *, what: str) -> str:
         result = subprocess.run(
-            ["ctr", f"--address={node.socket}", "-n", "k8s.io", "images", "import", str(tarball)],
+            ["ctr", f"--address={node.socket}", "-n", "k8s.io", *args],
             capture_output=True,
             text=True,
             check=False,
         )
         if result.returncode != 0:
-            raise ClusterError(
-                f"importing {tarball.name} into {node.name}: {result.stderr.strip()}"
-            )
+            raise ClusterError(f"{what} on {node.name}: {result.stderr.strip()}")
+        return result.stdout
 
     def _import_images(self, node: Node) -> None:
-        for image in self.images:
+        for image in sorted(self.images, key=lambda i: i.tarball.stat().st_size):
             self.import_image(node, image.tarball)
 
     def _start_kubelet(self, node: Node) -> None:

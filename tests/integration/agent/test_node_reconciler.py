@@ -34,8 +34,8 @@ from modelcache.sources.registry import open_source
 from modelcache.store import Store
 from modelcache.store.layout import Layout
 from modelcache.testing import KubeControlPlane, ObjectStore, Toolchain
-from modelcache.testing.ports import wait_until
 from tests.integration.cli.support import make_model
+from tests.waiting import wait_for
 
 NAMESPACE, NAME = "studio", "lora"
 SHARED = "vae/config.json"  # the same bytes in every version: one blob
@@ -51,10 +51,6 @@ class Node(Protocol):
     def states(self) -> dict[str, str]: ...
 
     def close(self) -> None: ...
-
-
-def eventually(condition: Callable[[], Any], what: str, timeout: float = 90) -> None:
-    wait_until(condition, timeout=timeout, what=what)
 
 
 class StandaloneNode:
@@ -247,11 +243,11 @@ def test_a_pull_that_failed_while_the_store_was_down_succeeds_once_it_is_back(
     store.stop()
     node = make_node(url)
     node.want("v1")
-    eventually(lambda: node.states().get("v1") == "Failed", "v1 reported Failed", 120)
+    wait_for(lambda: node.states().get("v1") == "Failed", "v1 reported Failed", 120)
     assert live(node) is None
     store.start()
-    eventually(lambda: live(node) == "v1", "v1 live once the store is back, no restart", 120)
-    eventually(lambda: node.states().get("v1") == "Cached", "v1 reported Cached")
+    wait_for(lambda: live(node) == "v1", "v1 live once the store is back, no restart", 120)
+    wait_for(lambda: node.states().get("v1") == "Cached", "v1 reported Cached")
 
 
 def test_a_rollback_does_not_wait_for_a_prefetch_in_flight(
@@ -265,12 +261,12 @@ def test_a_rollback_does_not_wait_for_a_prefetch_in_flight(
     publish(source, directory, "v3")
     node = make_node(url, rate=1024**2)
     node.want("v1", prefetch=("v2",))
-    eventually(lambda: live(node) == "v1" and node.states().get("v2") == "Cached", "v1, v2")
+    wait_for(lambda: live(node) == "v1" and node.states().get("v2") == "Cached", "v1, v2")
     node.want("v2", prefetch=("v3",))
-    eventually(lambda: live(node) == "v2", "v2 live")
-    eventually(lambda: node.states().get("v3") == "Pulling", "v3 pulling")
+    wait_for(lambda: live(node) == "v2", "v2 live")
+    wait_for(lambda: node.states().get("v3") == "Pulling", "v3 pulling")
     node.want("v1", prefetch=("v3",))  # the rollback, while v3 downloads
-    eventually(lambda: live(node) == "v1", "v1 live again")
+    wait_for(lambda: live(node) == "v1", "v1 live again")
     assert node.states().get("v3") == "Pulling", "the rollback waited for the prefetch"
 
 
@@ -284,13 +280,13 @@ def test_retention_removes_the_blobs_only_dropped_versions_used(
     own = blob(node, made["v1"] / "lora/w.safetensors")
     for version in ("v1", "v2", "v3"):
         node.want(version)
-        eventually(lambda v=version: live(node) == v, f"{version} live")  # type: ignore[misc]
+        wait_for(lambda v=version: live(node) == v, f"{version} live")  # type: ignore[misc]
         if version == "v1":
             assert own.is_file(), "v1's own blob, held while v1 is"
     versions = node.root / "models" / NAMESPACE / NAME / "versions"
     # v3 live and v2 its rollback target stay; v1 goes, and with it its own blob.
-    eventually(lambda: not (versions / "v1").exists(), "v1 dropped by retention")
-    eventually(lambda: not own.exists(), "the blob only v1 used collected")
+    wait_for(lambda: not (versions / "v1").exists(), "v1 dropped by retention")
+    wait_for(lambda: not own.exists(), "the blob only v1 used collected")
     assert blob(node, made["v1"] / SHARED).exists(), "a blob v2 and v3 still use"
     assert sorted(p.name for p in versions.iterdir()) == ["v2", "v3"]
     report = CacheEngine(Store(node.root), EventLog()).verify(repair=False)
@@ -306,14 +302,14 @@ def test_a_pinned_version_survives_retention_until_it_is_unpinned(
     )
     node = make_node(url, retain=1)
     node.want("v1", pins=("v1",))
-    eventually(lambda: live(node) == "v1", "v1 live")
+    wait_for(lambda: live(node) == "v1", "v1 live")
     for version in ("v2", "v3", "v4"):
         node.want(version, pins=("v1",))
-        eventually(lambda v=version: live(node) == v, f"{version} live")  # type: ignore[misc]
+        wait_for(lambda v=version: live(node) == v, f"{version} live")  # type: ignore[misc]
     versions = node.root / "models" / NAMESPACE / NAME / "versions"
-    eventually(lambda: not (versions / "v2").exists(), "v2 dropped by retention")
+    wait_for(lambda: not (versions / "v2").exists(), "v2 dropped by retention")
     assert sorted(p.name for p in versions.iterdir()) == ["v1", "v3", "v4"]
 
     node.want("v4")  # the pin is taken off (spec.pin emptied, or the config's pins)
-    eventually(lambda: not (versions / "v1").exists(), "v1 unpinned, then dropped")
+    wait_for(lambda: not (versions / "v1").exists(), "v1 unpinned, then dropped")
     assert sorted(p.name for p in versions.iterdir()) == ["v3", "v4"]

@@ -8,9 +8,8 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from modelcache.sources.registry import open_source
 from modelcache.testing import ObjectStore
 from modelcache.testing.ports import free_port
 from tests.integration.cli.support import make_model
+from tests.waiting import wait_for
 
 BUCKET = "agent-models"
 FILES = {"lora/20.safetensors": 512 * 1024, "vae/config.json": 900}
@@ -61,13 +61,6 @@ def reload_endpoint() -> Iterator[ReloadRecorder]:
     yield server
     server.shutdown()
     server.server_close()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def test_agent_follows_its_config_reloads_pods_and_repairs(

@@ -4,8 +4,6 @@ live version the pod reports follows the flip, and a bad version is refused, the
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +16,9 @@ from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, Runtime
 from modelcache.sources.publish import publish
 from modelcache.sources.registry import open_source
 from tests.unit.runtime.support import build, expected_model, inputs, make_adapter, run
+from tests.waiting import wait_for
 
 NAME = "studio/lora"
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_agent_flip_reload_and_refusal(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,13 @@ from modelcache.sources.registry import open_source
 from modelcache.store import Store
 from modelcache.testing.ports import free_port
 from modelcache.testing.process import ManagedProcess
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[3]
 NAME = "studio/sdxl"
 CONFIG = StudioConfig()
 # v3's rank is above the slots' (16): a version the runtime must refuse.
 VERSIONS = {"v1": (1, 8), "v2": (2, 4), "v3": (3, 32)}
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 class Studio:
