@@ -16,6 +16,25 @@ from modelcache.cli.progress import step_reporter
 
 app = typer.Typer(help="Run the test services locally: kube-apiserver + etcd and an S3 store.")
 
+
+class HarnessMissingError(RuntimeError):
+    """`modelcache dev` was run from an install without the test harness (an image)."""
+
+
+@app.callback()
+def _needs_the_harness() -> None:
+    """The images leave the test harness out; say so instead of a bare import error."""
+    try:
+        import modelcache.testing  # noqa: F401, PLC0415
+    except ModuleNotFoundError as error:
+        if error.name != "modelcache.testing":
+            raise
+        raise HarnessMissingError(
+            "`modelcache dev` needs a source checkout (pip install -e '.[dev]'): this "
+            "install has no test harness (modelcache.testing), as in the project's images"
+        ) from None
+
+
 StateDir = Annotated[
     Path | None,
     typer.Option("--state-dir", help="Where state and logs live (default: <cache>/dev)."),

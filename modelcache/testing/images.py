@@ -37,8 +37,10 @@ COREDNS_IMAGE = f"modelcache.local/coredns:{COREDNS_VERSION}"
 OPERATOR_IMAGE = f"ghcr.io/modelcache/modelcache-operator:{__version__}"
 AGENT_IMAGE = f"ghcr.io/modelcache/modelcache-agent:{__version__}"
 STUDIO_IMAGE = f"ghcr.io/modelcache/studio:{__version__}"
-# Only these travel into a build context (as .dockerignore says for users).
+# Only these travel into a build context (as .dockerignore says for users); the test
+# harness stays out, so a change to it rebuilds no image.
 CONTEXT_PATHS = ("pyproject.toml", "README.md", "modelcache")
+CONTEXT_EXCLUDED = ("modelcache/testing",)
 
 
 class ImageBuildError(RuntimeError):
@@ -93,6 +95,25 @@ def _tree_files(root: Path, paths: Sequence[str]) -> list[Path]:
             if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"
         ]
     return files
+
+
+def build_context(root: Path, image: ProjectImage) -> dict[str, bytes]:
+    """The files an image is built from, by path, read once: the cache key and the
+    context the daemon gets are the same bytes, even while someone edits the tree."""
+    paths = (image.dockerfile, *CONTEXT_PATHS, *image.extra_paths)
+    context: dict[str, bytes] = {}
+    for f in _tree_files(root, paths):
+        rel = f.relative_to(root).as_posix()
+        if not any(rel == x or rel.startswith(f"{x}/") for x in CONTEXT_EXCLUDED):
+            context[rel] = f.read_bytes()
+    return context
+
+
+def context_key(base_key: str, context: dict[str, bytes]) -> str:
+    """The tarball's name: a hash of the base image and every context file and path."""
+    return _digest(
+        [base_key.encode(), *(rel.encode() + b"\0" + data for rel, data in sorted(context.items()))]
+    )
 
 
 def _debian_mirror() -> str:
@@ -242,35 +263,28 @@ class ImageBuilder:
 
     # --- the project's images, from its own Dockerfiles -----------------------------------
     def project(self, image: ProjectImage) -> ImageTarball:
-        paths = (*CONTEXT_PATHS, *image.extra_paths)
-        files = _tree_files(REPO, (image.dockerfile, *paths))
-        key = _digest(
-            [
-                self.base_key().encode(),
-                *(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() for f in files),
-            ]
-        )
-        target = self._tarball(image.ref, key)
+        context = build_context(REPO, image)
+        target = self._tarball(image.ref, context_key(self.base_key(), context))
         if target.is_file():
             return ImageTarball(image.ref, target)
         self._ensure_base_loaded()
         self.report(f"building {image.ref} from {image.dockerfile}")
         with tempfile.TemporaryDirectory(prefix="modelcache-ctx-") as tmp:
-            context = Path(tmp)
-            for f in _tree_files(REPO, (image.dockerfile, *paths)):
-                dest = context / f.relative_to(REPO)
+            context_dir = Path(tmp)
+            for rel, data in context.items():
+                dest = context_dir / rel
                 dest.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(f, dest)
+                dest.write_bytes(data)
             docker = self._daemon()
             docker.run(
                 "build",
                 "--network=host",
                 "--quiet",
                 "-f",
-                str(context / image.dockerfile),
+                str(context_dir / image.dockerfile),
                 "-t",
                 image.ref,
-                str(context),
+                str(context_dir),
             )
             return self._saved(image.ref, target)
 
