@@ -105,21 +105,46 @@ class AgentConfig(_Strict):
         return self.event_log or self.root / "events.jsonl"
 
 
-def load_config(path: Path) -> AgentConfig:
-    """Parse and validate; errors name the file and the field."""
+MAX_CONFIG_BYTES = 1024**2  # a node's config lists its models; a megabyte is thousands
+
+
+def read_config(path: Path) -> bytes:
+    """The config file's bytes, bounded; the agent compares them to see a change."""
     try:
-        text = path.read_text()
+        with path.open("rb") as handle:
+            data = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"cannot read agent config {path}: {error.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"agent config {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    return data
+
+
+def load_config(path: Path) -> AgentConfig:
+    """Read, parse and validate; errors name the file and the field."""
+    return parse_config(read_config(path), path)
+
+
+def parse_config(raw: bytes, path: Path) -> AgentConfig:
+    """Parse and validate bytes read from `path` (named in errors)."""
     try:
-        data = yaml.safe_load(text) or {}
+        text = raw.decode()
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"agent config {path} is not UTF-8 (byte {error.start})") from None
+    try:
+        document = yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = " ".join(str(getattr(error, "problem", None) or error).split())
         raise ConfigError(f"agent config {path} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"agent config {path} is nested too deeply to be a config") from None
+    if document is None:
+        # Also what a file being rewritten in place can read like: never "no models".
+        raise ConfigError(f"agent config {path} is empty (write it whole, then rename it in)")
     try:
-        config = AgentConfig.model_validate(data)
+        config = AgentConfig.model_validate(document)
     except ValidationError as error:
         raise ConfigError(f"agent config {path}: {one_line(error)}") from None
     names = [parse_model_ref(m.name) for m in config.models]

@@ -17,7 +17,13 @@ from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
 
-from modelcache.agent.config import AgentConfig, ConfigError, ModelConfig, load_config
+from modelcache.agent.config import (
+    AgentConfig,
+    ConfigError,
+    ModelConfig,
+    parse_config,
+    read_config,
+)
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import ConfigLoaded, EventLog, Failed
 from modelcache.agent.metrics import AgentMetrics
@@ -63,8 +69,8 @@ class StandaloneAgent:
         self.config_path = config_path
         self.stop = threading.Event()
         self._wake = threading.Event()
-        self.config = load_config(config_path)
-        self._config_mtime = config_path.stat().st_mtime_ns
+        self._config_bytes = read_config(config_path)
+        self.config = parse_config(self._config_bytes, config_path)
         self.metrics = AgentMetrics()
         self.events = EventLog(
             self.config.event_log_path, stdout=stdout_events, node=self.config.node
@@ -152,16 +158,18 @@ class StandaloneAgent:
         return done
 
     def _reload_config_if_changed(self) -> bool:
+        # A change is new bytes, not a new mtime: a file rewritten in place can be read
+        # half-written, and its complete write can land within the same mtime tick.
         try:
-            mtime = self.config_path.stat().st_mtime_ns
-        except OSError as error:
+            data = read_config(self.config_path)
+        except ConfigError as error:
             self.events.emit(Failed(operation="config", error=str(error)))
             return False
-        if mtime == self._config_mtime:
+        if data == self._config_bytes:
             return False
-        self._config_mtime = mtime
+        self._config_bytes = data
         try:
-            config = load_config(self.config_path)
+            config = parse_config(data, self.config_path)
         except ConfigError as error:
             self.events.emit(Failed(operation="config", error=str(error)))
             return False

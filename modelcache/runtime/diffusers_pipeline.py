@@ -32,7 +32,6 @@ Target modules are matched against the module name inside its component.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from torch import nn
 
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.settings import AdapterSettings, SettingsReader, settings_from_mapping
+from modelcache.runtime.untrusted_json import json_object
 
 METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 
@@ -205,10 +205,11 @@ def settings_reader(config_file: str) -> SettingsReader:
     ) -> ComponentSettings:
         if METADATA_KEY in metadata:
             where = f"{directory} (safetensors {METADATA_KEY})"
-            return _components(_object(metadata[METADATA_KEY], where), where, flat_ok=False)
+            settings = json_object(metadata[METADATA_KEY], "format", where)
+            return _components(settings, where, flat_ok=False)
         if config is not None:
             where = str(directory / config_file)
-            return _components(_object(config, where), where, flat_ok=True)
+            return _components(json_object(config, "format", where), where, flat_ok=True)
         raise SwapRefused(
             "settings",
             f"{directory}: no {METADATA_KEY} in the safetensors header and no {config_file}: "
@@ -216,16 +217,6 @@ def settings_reader(config_file: str) -> SettingsReader:
         )
 
     return read
-
-
-def _object(data: str | bytes, where: str) -> dict[str, Any]:
-    try:
-        value = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SwapRefused("format", f"{where} is not JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise SwapRefused("format", f"{where} is not a JSON object")
-    return value
 
 
 def _components(data: Mapping[str, Any], where: str, *, flat_ok: bool) -> ComponentSettings:

@@ -21,6 +21,7 @@ from typing import BinaryIO
 import torch
 
 from modelcache.runtime.errors import SwapRefused
+from modelcache.runtime.untrusted_json import json_object
 
 # safetensors' own limit is 100 MB; a LoRA's header is a few hundred KB (2000 tensors),
 # and parsing 100 MB of JSON costs seconds and gigabytes: an adapter gets 16 MiB.
@@ -91,12 +92,7 @@ def read_header(handle: BinaryIO, file_size: int, *, where: str) -> Header:
     body = handle.read(length)
     if len(body) != length:
         raise SwapRefused("format", f"{where}: file ended inside the header")
-    try:
-        parsed = json.loads(body)
-    except (ValueError, RecursionError) as error:  # bad UTF-8/JSON, a 5000-digit number...
-        raise SwapRefused("format", f"{where}: header is not JSON: {error}") from None
-    if not isinstance(parsed, dict):
-        raise SwapRefused("format", f"{where}: header is not a JSON object")
+    parsed = json_object(body, "format", f"{where}: header")
     metadata = parsed.pop(METADATA_KEY, None) or {}
     if not isinstance(metadata, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()

@@ -9,7 +9,6 @@ as JSON, `use_rslora`). Options that change the arithmetic and are not implement
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -19,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.lora import matches_target
+from modelcache.runtime.untrusted_json import json_object, parse_json
 
 T = TypeVar("T", int, float)
 
@@ -102,13 +102,7 @@ def _pattern_value(patterns: Mapping[str, T], layer: str, default: T) -> T:
 
 def settings_from_config(data: bytes, *, where: str) -> AdapterSettings:
     """Parse a PEFT adapter_config.json."""
-    try:
-        config = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SwapRefused("format", f"{where} is not JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise SwapRefused("format", f"{where} is not a JSON object")
-    return settings_from_mapping(config, where=where)
+    return settings_from_mapping(json_object(data, "format", where), where=where)
 
 
 def settings_from_mapping(config: Mapping[str, Any], *, where: str) -> AdapterSettings:
@@ -133,10 +127,13 @@ def settings_from_metadata(metadata: Mapping[str, str], *, where: str) -> Adapte
             config[key] = _scalar(metadata[key], key, where)
     for key in ("rank_pattern", "alpha_pattern"):
         if key in metadata:
-            config[key] = _json(metadata[key], key, where)
+            config[key] = parse_json(metadata[key], "settings", f"{where}: {key}")
     if "target_modules" in metadata:
         raw = metadata["target_modules"]
-        config["target_modules"] = _json(raw, "target_modules", where) if raw[:1] == "[" else raw
+        listed = raw[:1] == "["
+        config["target_modules"] = (
+            parse_json(raw, "settings", f"{where}: target_modules") if listed else raw
+        )
     return _settings(config, where)
 
 
@@ -151,13 +148,6 @@ def _scalar(text: str, key: str, where: str) -> Any:
         return float(text)
     except ValueError:
         raise SwapRefused("settings", f"{where}: {key}={text!r} is not a number") from None
-
-
-def _json(text: str, key: str, where: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        raise SwapRefused("settings", f"{where}: {key} is not JSON: {text!r}") from None
 
 
 def _settings(config: Mapping[str, Any], where: str) -> AdapterSettings:

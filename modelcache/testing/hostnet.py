@@ -51,7 +51,12 @@ CHAIN_PREFIXES = ("KUBE-", "CNI-")
 
 
 def _sh(*argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, check=False)
+    """Run a host tool; one that is not installed (iptables before `make testenv`) has
+    nothing on this machine to show or undo, so it answers like a failed command."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError as missing:
+        return subprocess.CompletedProcess(argv, 127, "", str(missing))
 
 
 class Ledger:

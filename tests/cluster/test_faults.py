@@ -196,11 +196,12 @@ def test_an_agent_pod_deleted_mid_pull_is_replaced_and_resumes(
         if p.spec.node_name == node.name
     )
 
-    def half_pulled() -> bool:
+    def under_way() -> bool:
+        # An eighth in: about 7 s of the pull are left for the pod's deletion to land in.
         versions = models.held(node.name, "resume").get("versions") or []
-        return any(v["state"] == "Pulling" and v["bytesDone"] >= SIZE // 2 for v in versions)
+        return any(v["state"] == "Pulling" and v["bytesDone"] >= SIZE // 8 for v in versions)
 
-    eventually(half_pulled, f"{node.name} half way through the pull", 120)
+    eventually(under_way, f"{node.name} under way with the pull", 120)
     version_dir = node.hostpath / "models" / models.namespace / "resume" / "versions" / "v1"
     assert not version_dir.exists(), "nothing under versions/ before the pull is complete"
     e2e_cluster.kubectl("delete", "pod", "-n", namespace, agent, "--wait=false")
@@ -265,11 +266,16 @@ def test_a_node_whose_kubelet_stops_mid_rollout_counts_as_failed(
         status = models.status("kubelet")
         assert [f["node"] for f in status["rollout"]["failed"]] == [silent.name]
         assert "NotReady" in status["rollout"]["failed"][0]["reason"]
-        events = client.CoreV1Api(cluster_api).list_namespaced_event(
-            models.namespace, field_selector="involvedObject.name=kubelet"
-        )
-        warnings = [e.message for e in events.items if e.type == "Warning"]
-        assert any(silent.name in m and "NotReady" in m for m in warnings), warnings
+
+        def warned() -> bool:
+            # The operator writes the status first and posts its events after it.
+            events = client.CoreV1Api(cluster_api).list_namespaced_event(
+                models.namespace, field_selector="involvedObject.name=kubelet"
+            )
+            warnings = [e.message for e in events.items if e.type == "Warning"]
+            return any(silent.name in m and "NotReady" in m for m in warnings)
+
+        eventually(warned, f"a Warning event naming {silent.name} NotReady", 30)
         # failureThreshold 0: nobody is left on v2.
         eventually(
             lambda: all(models.serves(n, "kubelet", "v1") for n in nodes), "everyone on v1", 60

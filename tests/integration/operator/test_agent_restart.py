@@ -103,8 +103,9 @@ def node(
         },
     )
 
-    # Small parts, slowed down: a kill lands mid-pull with parts claimed and parts to go.
-    pull_flags = ["--part-size", "256K", "--concurrency", "4", "--max-rate", "4M"]
+    # Small parts, slowed down (64 parts at 4 a second): a kill lands mid-pull with parts
+    # claimed and seconds of parts to go, even on a loaded machine.
+    pull_flags = ["--part-size", "256K", "--concurrency", "4", "--max-rate", "1M"]
     pull_flags += ["--verify-interval", "1"]
 
     def agent() -> ManagedProcess:
@@ -174,8 +175,9 @@ def test_agent_stopped_with_sigterm_stops_its_pull_at_once_and_resumes(node: Nod
         assert first.stop() == 0, "a clean exit on SIGTERM"
     records = list((root / "tmp").glob("*.resume.json"))
     assert len(records) == 1, "the partial download is kept, with its record"
-    # It stops within the parts in flight (4), not after fetching every queued part.
-    assert claimed_parts(root) <= claimed + 8 < PARTS, "stopped mid-pull, where it was"
+    # It stops within the parts in flight (4) and a few more while SIGTERM is on its way
+    # (3 s at this rate), not after fetching every queued part.
+    assert claimed_parts(root) <= claimed + 12 < PARTS, "stopped mid-pull, where it was"
     assert not [f for f in (root / "blobs").rglob("*") if f.is_file()], "nothing was adopted"
 
     second = node.agent()

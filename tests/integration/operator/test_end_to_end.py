@@ -95,20 +95,24 @@ class NodeCacheRecorder:
         self._thread.start()
 
     def _run(self, api: client.CustomObjectsApi, resource_version: str) -> None:
-        stream = self._watch.stream(
-            api.list_cluster_custom_object,
-            GROUP,
-            VERSION,
-            "nodecaches",
-            resource_version=resource_version,
-            timeout_seconds=120,
-        )
-        try:
-            for event in stream:
-                self._record(event["object"])
-        except (OSError, ProtocolError):
-            if not self._stopped:
-                raise  # only a stream we closed ourselves may end this way
+        # The API server ends a watch after its timeout: re-open it where it ended, so a
+        # rollout slower than one watch is still recorded to its last state.
+        while not self._stopped:
+            stream = self._watch.stream(
+                api.list_cluster_custom_object,
+                GROUP,
+                VERSION,
+                "nodecaches",
+                resource_version=resource_version,
+                timeout_seconds=120,
+            )
+            try:
+                for event in stream:
+                    self._record(event["object"])
+                    resource_version = event["object"]["metadata"]["resourceVersion"]
+            except (OSError, ProtocolError):
+                if not self._stopped:
+                    raise  # only a stream we closed ourselves may end this way
 
     def _record(self, body: dict[str, Any]) -> None:
         node = body["metadata"]["name"]

@@ -93,3 +93,27 @@ def test_a_bad_config_is_one_line_naming_the_file(tmp_path: Path, text: str) -> 
     message = str(refused.value)
     assert "\n" not in message
     assert str(path) in message
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        (b"", "is empty"),
+        (b"# node config, the rest still being written\n", "is empty"),
+        (b"\n  \n", "is empty"),
+        (b"[" * 5000 + b"]" * 5000, "nested too deeply"),
+        (b"models: [" * 3000, "nested too deeply"),
+        (b"root: /x\xff\n", "not UTF-8"),
+        (b"# " + b"x" * (1024**2), "larger than"),
+    ],
+)
+def test_hostile_or_half_written_config_is_one_clean_error(
+    tmp_path: Path, data: bytes, problem: str
+) -> None:
+    """An empty file is what a config rewritten in place reads like midway: it is refused,
+    never taken as "no models"; nesting and size are bounded, each with one line."""
+    path = tmp_path / "node.yaml"
+    path.write_bytes(data)
+    with pytest.raises(ConfigError, match=problem) as refused:
+        load_config(path)
+    assert "\n" not in str(refused.value)

@@ -201,3 +201,34 @@ def test_a_truncated_header_is_refused(
     files = {**GOOD.files(tmp=tmp_path), ADAPTER: b"\xff" * 8 + b"{}"}
     path = install_version(store, "v2", files)
     assert_refused(serving, lambda rt: rt.swap("v2", path), "format", r"does not fit the file")
+
+
+HOSTILE_CONFIGS = {
+    "nested past the parser's recursion": b"[" * 100_000 + b"]" * 100_000,
+    "a number too long to convert": b'{"r": ' + b"9" * 10_000 + b"}",
+    "not UTF-8": b'{"r": 4, "lora_alpha": "\xff\xfe"}',
+    "not an object": b"[4, 16]",
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_CONFIGS))
+def test_a_hostile_adapter_config_is_refused(
+    case: str, serving: tuple[TinyNet, LoraRuntime, torch.Tensor], store: Store, tmp_path: Path
+) -> None:
+    """A published version is untrusted bytes with valid checksums: its adapter_config.json
+    is refused like any bad version, never a crash out of the swap."""
+    files = {**GOOD.files(tmp=tmp_path), CONFIG: HOSTILE_CONFIGS[case]}
+    path = install_version(store, "v2", files)
+    assert_refused(serving, lambda rt: rt.swap("v2", path), "format", rf"{CONFIG} is not")
+
+
+@pytest.mark.parametrize(
+    "pattern", ["[" * 100_000 + "]" * 100_000, '{"to_q": ' + "9" * 10_000 + "}"]
+)
+def test_hostile_settings_in_the_safetensors_metadata_are_refused(
+    pattern: str, serving: tuple[TinyNet, LoraRuntime, torch.Tensor], store: Store, tmp_path: Path
+) -> None:
+    adapter = Adapter(GOOD.tensors, {}, GOOD.rank, GOOD.alpha)
+    metadata = {"r": "4", "lora_alpha": "16", "rank_pattern": pattern}
+    path = install_version(store, "v2", adapter.files(metadata=metadata, tmp=tmp_path))
+    assert_refused(serving, lambda rt: rt.swap("v2", path), "settings", "rank_pattern is not JSON")
