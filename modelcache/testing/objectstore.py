@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 ACCESS_KEY = "modelcache"
 SECRET_KEY = "modelcache-secret"  # noqa: S105 - not a secret: the test server checks none
 REGION = "us-east-1"
+READINESS_BUCKET = "modelcache-readiness"
 
 
 class ObjectStore:
@@ -116,14 +117,18 @@ class ObjectStore:
         return self
 
     def _ready(self) -> bool:
-        """The S3 port answers and a bucket can be made (the filer and a volume are up)."""
+        """The S3 port answers and an object goes in and comes back whole: the filer and a
+        volume are up (after a restart the bucket exists before the volumes are back)."""
         if not is_listening(self.port, self.host):
             return False
         try:
-            self.create_bucket("modelcache-readiness")
+            self.create_bucket(READINESS_BUCKET)
+            client = self.s3_client()
+            client.put_object(Bucket=READINESS_BUCKET, Key="probe", Body=b"ready")
+            body = client.get_object(Bucket=READINESS_BUCKET, Key="probe")["Body"].read()
         except Exception:
             return False
-        return True
+        return bool(body == b"ready")
 
     def s3_client(self) -> S3Client:
         """A boto3 S3 client for this server."""

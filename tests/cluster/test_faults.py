@@ -28,7 +28,7 @@ from tests.cluster.test_deploy import eventually
 from tests.integration.cli.support import make_model, same_tree
 
 SIZE = 64 << 20  # at 8 MB/s: about 8 s per pull
-LONG = 256 << 20  # about 32 s: longer than a stopped kubelet takes to show NotReady
+LONG = 512 << 20  # about 64 s: well past the ~25 s a stopped kubelet takes to show NotReady
 
 
 class Models:
@@ -252,7 +252,7 @@ def test_a_node_whose_kubelet_stops_mid_rollout_counts_as_failed(
     models.apply("kubelet", "v1", failureThreshold=0)
     eventually(lambda: models.ready_on("kubelet", "v1", len(nodes)), "READY on v1", 180)
 
-    models.set_version("kubelet", "v2")  # a prefetch of 256 MB at 8 MB/s per node
+    models.set_version("kubelet", "v2")  # a prefetch of 512 MB at 8 MB/s per node
     eventually(lambda: models.status("kubelet").get("phase") == "Prefetching", "prefetching", 30)
     silent = nodes[-1]
     e2e_cluster.stop_kubelet(silent)

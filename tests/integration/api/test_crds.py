@@ -35,6 +35,10 @@ def test_valid_model_version_is_stored_with_defaults(
     created = model_versions.create_namespaced_custom_object(
         GROUP, VERSION, "default", "modelversions", model_version(rollout={"maxUnavailable": "25%"})
     )
+    # Gone again: every later operator in this session would otherwise roll it out.
+    model_versions.delete_namespaced_custom_object(
+        GROUP, VERSION, "default", "modelversions", created["metadata"]["name"]
+    )
     assert created["spec"]["retain"] == 5
     assert created["spec"]["rollout"]["maxUnavailable"] == "25%"
     assert created["spec"]["rollout"]["canary"] == 1

@@ -12,6 +12,7 @@ from typing import Any
 from kubernetes import client
 
 from modelcache.testing import KubeControlPlane, Toolchain
+from tests.waiting import wait_for
 
 CHART = Path(__file__).resolve().parents[3] / "helm" / "modelcache"
 
@@ -33,6 +34,13 @@ def can_i(
         }
     )
     return bool(review.status.allowed)
+
+
+def assert_granted(kube_client: Any, user: str, verb: str, resource: str, **where: str) -> None:
+    """Wait for the authorizer to allow it: a fresh install's roles reach its cache shortly
+    after the API server stores them."""
+    what = f"{user} may {verb} {resource}"
+    wait_for(lambda: can_i(kube_client, user, verb, resource, **where), what, 30)
 
 
 def test_helm_install_creates_the_workloads_and_narrow_rbac(
@@ -84,8 +92,8 @@ def test_helm_install_creates_the_workloads_and_narrow_rbac(
         assert agent.spec.template.spec.volumes[0].host_path.path == "/var/lib/modelcache"
 
         sa = f"system:serviceaccount:{namespace}:{release}-agent"
-        assert can_i(kube_client, sa, "watch", "nodecaches", group="modelcache.io")
-        assert can_i(
+        assert_granted(kube_client, sa, "watch", "nodecaches", group="modelcache.io")
+        assert_granted(
             kube_client, sa, "patch", "nodecaches", group="modelcache.io", subresource="status"
         )
         assert not can_i(kube_client, sa, "update", "nodecaches", group="modelcache.io"), (
@@ -93,8 +101,8 @@ def test_helm_install_creates_the_workloads_and_narrow_rbac(
         )
         assert not can_i(kube_client, sa, "list", "modelversions", group="modelcache.io")
         operator_sa = f"system:serviceaccount:{namespace}:{release}-operator"
-        assert can_i(kube_client, operator_sa, "update", "nodecaches", group="modelcache.io")
-        assert can_i(
+        assert_granted(kube_client, operator_sa, "update", "nodecaches", group="modelcache.io")
+        assert_granted(
             kube_client,
             operator_sa,
             "patch",

@@ -194,7 +194,7 @@ def cluster(
         processes.append(
             modelcache_process(
                 "operator",
-                ["operator", "--kubeconfig", str(kube.kubeconfig)],
+                ["operator", "--kubeconfig", str(kube.kubeconfig), "--peering", f"test-{run}"],
                 log_path=tmp_path / "operator.log",
                 env=env,
                 stop_grace=15,

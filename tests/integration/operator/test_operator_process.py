@@ -23,7 +23,10 @@ from tests.integration.operator.support import agents_follow, apply_model_versio
 def start_operator(
     kube: KubeControlPlane, log: Path, *, extra: Sequence[str] = (), name: str = "operator"
 ) -> ManagedProcess:
-    """`modelcache operator` against the test API server, started."""
+    """`modelcache operator` against the test API server, started. Its own peering unless
+    `extra` names one: a replica killed by an earlier test must not pause this one."""
+    if "--peering" not in extra:
+        extra = ["--peering", f"test-{uuid.uuid4().hex[:8]}", *extra]
     return modelcache_process(
         name,
         ["operator", "--kubeconfig", str(kube.kubeconfig), *extra],
