@@ -55,6 +55,10 @@ from modelcache.testing.toolchain import (
 
 Report = Callable[[str], None]
 HOSTPATH = Path("/var/lib/modelcache")  # the chart's agent.cacheRoot
+# Where kubelet, containerd's CNI and kubelet's log links write whatever their flags say
+# (kubelet's device-plugin socket is fixed at /var/lib/kubelet/device-plugins/kubelet.sock:
+# two kubelets starting at once raced for it). Each node mounts its own dir over each one.
+NODE_PRIVATE_DIRS = (Path("/var/lib/kubelet"), Path("/var/lib/cni"), Path("/var/log/containers"))
 CLUSTER_DNS = "10.0.0.10"
 NODE_LABEL = "modelcache.io/test-node"
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -297,9 +301,8 @@ class KubeletCluster:
         hostnet.Ledger().add_work_dir(self.work_dir)
         hostnet.prepare_host()
         self._reaper = reaper.spawn(os.getpid(), self.work_dir, cache_dir() / "logs" / "reaper.log")
-        if not HOSTPATH.exists():
-            HOSTPATH.mkdir(parents=True)
-            hostnet.Ledger().add_created_dir(HOSTPATH)
+        for mount_point in (HOSTPATH, *NODE_PRIVATE_DIRS):
+            _make_mount_point(mount_point)
         say(f"starting etcd and kube-apiserver on {self.address}")
         self._start_control_plane()
         self.nodes = [self._new_node(i) for i in range(1, self.node_count + 1)]
@@ -480,7 +483,8 @@ class KubeletCluster:
         return path
 
     def _make_mount_namespace(self, node: Node) -> None:
-        """A persistent mount namespace for the node, with its own /var/lib/modelcache."""
+        """A persistent mount namespace for the node, with its own /var/lib/modelcache and
+        its own copy of each of NODE_PRIVATE_DIRS."""
         node.run.mkdir(parents=True, exist_ok=True)
         node.hostpath.mkdir(parents=True, exist_ok=True)
         steps = [
@@ -495,11 +499,17 @@ class KubeletCluster:
             check=True,
             capture_output=True,
         )
-        subprocess.run(
-            node.in_namespace(["mount", "--bind", str(node.hostpath), str(HOSTPATH)]),
-            check=True,
-            capture_output=True,
-        )
+        binds = [(node.hostpath, HOSTPATH)]
+        for shared in NODE_PRIVATE_DIRS:
+            own = node.work / "private" / shared.relative_to("/").as_posix().replace("/", "-")
+            own.mkdir(parents=True, exist_ok=True)
+            binds.append((own, shared))
+        for source, target in binds:
+            subprocess.run(
+                node.in_namespace(["mount", "--bind", str(source), str(target)]),
+                check=True,
+                capture_output=True,
+            )
 
     def _make_cgroups(self, node: Node) -> None:
         """The node's cgroup root in every v1 hierarchy (cpuset needs cpus and mems set)."""
@@ -740,3 +750,13 @@ def describe(cluster: KubeletCluster) -> dict[str, Any]:
         "nodes": {n.name: str(n.hostpath) for n in cluster.nodes},
         "images": [i.ref for i in cluster.images],
     }
+
+
+def _make_mount_point(path: Path) -> None:
+    """Make `path` on the host for the nodes to mount over; the dirs made are recorded,
+    deepest first, so the undo removes them (when empty) and the host keeps none."""
+    made = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    ledger = hostnet.Ledger()
+    for directory in made:
+        ledger.add_created_dir(directory)

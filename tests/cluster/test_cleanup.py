@@ -3,7 +3,8 @@
 It runs before the session's cluster (it needs the machine to itself): a child process
 starts a one-node cluster and a pod with a hostPath, and is killed with SIGKILL; the
 reaper it started must then stop the containers and undo every mount, link, rule,
-cgroup and sysctl, as `hostnet.leftovers()` and /proc see it.
+cgroup and sysctl, as `hostnet.leftovers()` and /proc see it, and the host dirs the
+nodes mount over are as they were.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import pytest
 from filelock import Timeout
 
 from modelcache.testing import hostnet
-from modelcache.testing.cluster import cluster_lock
+from modelcache.testing.cluster import HOSTPATH, NODE_PRIVATE_DIRS, cluster_lock
 from modelcache.testing.hostprep import cluster_unavailable
 from tests.cluster.conftest import ON_KIND
 
@@ -57,6 +58,7 @@ def test_a_cluster_killed_with_sigkill_leaves_nothing() -> None:
         pytest.fail("a cluster is already up: this test runs first, on a machine to itself")
     lock.release()
     forwarding = FORWARDING.read_text()
+    host_dirs = {path: path.exists() for path in (HOSTPATH, *NODE_PRIVATE_DIRS)}
     work_dir = tempfile.mkdtemp(prefix="mc-kill-")
     owner = subprocess.Popen(
         # A short path: kubelet's unix sockets under it must fit in 108 bytes.
@@ -89,6 +91,9 @@ def test_a_cluster_killed_with_sigkill_leaves_nothing() -> None:
     assert _our_processes() == []
     assert not Path(work_dir).exists(), "the work dir (kubelet and containerd state) is gone"
     assert FORWARDING.read_text() == forwarding, "ip_forward got its value back"
+    # The nodes wrote their kubelet, CNI and log-link state in their own dirs: the host's
+    # /var/lib/kubelet, /var/lib/cni, ... are as they were (absent, if they were).
+    assert {path: path.exists() for path in host_dirs} == host_dirs
 
 
 def _our_processes() -> list[str]:
