@@ -390,7 +390,7 @@ def test_kill_9_at_many_points_then_resume_is_byte_identical(
         "entry": entry_for(data).model_dump(),
         "dest": str(dest),
         "part_size": part_size,
-        "rate": MiB,  # slow enough that twelve kills land before the end
+        "rate": MiB // 2,  # slow: twelve kills, each a flush or so of progress, use a part of it
     }
     held: dict[int, int] = {}
     saw_partial = False
