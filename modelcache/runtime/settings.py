@@ -147,7 +147,7 @@ def _scalar(text: str, key: str, where: str) -> Any:
     try:
         return float(text)
     except ValueError:
-        raise SwapRefused("settings", f"{where}: {key}={text!r} is not a number") from None
+        raise SwapRefused("settings", f"{where}: {key}={text[:40]!r} is not a number") from None
 
 
 def _settings(config: Mapping[str, Any], where: str) -> AdapterSettings:
