@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from urllib3.exceptions import HTTPError
 
-from modelcache.api.k8s import GROUP, VERSION
+from modelcache.api.k8s import GROUP, NODE_CACHES, VERSION
 from modelcache.operator import handlers
 from modelcache.testing.process import ManagedProcess
 
@@ -200,7 +200,7 @@ def delete_nodes(
             core.delete_node(name)
         if custom is not None:
             with contextlib.suppress(ApiException, HTTPError, OSError):
-                custom.delete_cluster_custom_object(GROUP, VERSION, "nodecaches", name)
+                custom.delete_cluster_custom_object(GROUP, VERSION, NODE_CACHES, name)
 
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(delete, list(names)))

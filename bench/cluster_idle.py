@@ -29,10 +29,8 @@ from kubernetes import client, watch
 from kubernetes import config as kube_config
 from urllib3.exceptions import ProtocolError
 
-from modelcache.api.k8s import GROUP, VERSION
-from modelcache.sources.base import Credentials
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.api.k8s import GROUP, MODEL_VERSIONS, VERSION
+from modelcache.sources import Credentials, open_source, publish
 from modelcache.testing import hostnet
 from modelcache.testing.cluster import KubeletCluster
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
@@ -163,7 +161,7 @@ def main() -> int:
                     GROUP,
                     VERSION,
                     NAMESPACE,
-                    "modelversions",
+                    MODEL_VERSIONS,
                     {
                         "apiVersion": f"{GROUP}/{VERSION}",
                         "kind": "ModelVersion",
@@ -181,7 +179,7 @@ def main() -> int:
 
             def all_ready() -> bool:
                 items = custom.list_namespaced_custom_object(
-                    GROUP, VERSION, NAMESPACE, "modelversions"
+                    GROUP, VERSION, NAMESPACE, MODEL_VERSIONS
                 )["items"]
                 return (
                     sum((i.get("status") or {}).get("ready") == want for i in items) == args.models

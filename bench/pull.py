@@ -40,7 +40,7 @@ from rich.progress import (
 )
 
 from modelcache.api.manifest import ManifestFile
-from modelcache.sources.checksum import hash_file
+from modelcache.fs import hash_file
 from modelcache.testing import ObjectStore
 from modelcache.testing.delayproxy import DelayProxy
 from modelcache.testing.netns import ShapedLink, ShapedLinkUnavailable
@@ -109,8 +109,7 @@ def link_progress(progress: Progress, link: ShapedLink, label: str, size: int) -
 def pull_modelcache(
     endpoint: str, dest: Path, expected: ManifestFile, concurrency: int, part_size: int
 ) -> None:
-    from modelcache.sources.download import PullOptions, download_file  # noqa: PLC0415
-    from modelcache.sources.registry import open_source  # noqa: PLC0415
+    from modelcache.sources import PullOptions, download_file, open_source  # noqa: PLC0415
 
     os.environ["OSS_ENDPOINT"] = endpoint
     client = open_source(f"oss://{BUCKET}/{PREFIX}")

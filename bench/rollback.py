@@ -61,7 +61,8 @@ from kubernetes import config as kube_config
 from rich.progress import Progress
 
 from modelcache.agent.events import read_events
-from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.api.k8s import API_VERSION, GROUP, MODEL_VERSIONS, NODE_CACHES, VERSION
+from modelcache.api.layout import event_log_path
 from modelcache.testing import KubeControlPlane, ObjectStore, ensure_toolchain
 from modelcache.testing.crds import install_crds
 from modelcache.testing.fleet import bind_pod, modelcache_process, node_agent
@@ -124,13 +125,13 @@ class Fleet:
 
     def model_version(self) -> dict[str, Any]:
         body: dict[str, Any] = self.custom.get_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "modelversions", MODEL
+            GROUP, VERSION, self.namespace, MODEL_VERSIONS, MODEL
         )
         return body
 
     def set_version(self, version: str) -> None:
         self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, "modelversions", MODEL, {"spec": {"version": version}}
+            GROUP, VERSION, self.namespace, MODEL_VERSIONS, MODEL, {"spec": {"version": version}}
         )
 
     def serving(self, version: str) -> int:
@@ -340,7 +341,7 @@ def measure(fleet: Fleet, target: str, caches: Recorder, versions: Recorder) -> 
     )
     flips, reloads, before_post, post = {}, {}, {}, {}
     for node in nodes:
-        records = read_events(fleet.roots[node] / "events.jsonl")
+        records = read_events(event_log_path(fleet.roots[node]))
         flips[node] = min(
             _ts(r)
             for r in records
@@ -390,7 +391,7 @@ def read_cost(fleet: Fleet, repeats: int = 5) -> float:
         started = time.perf_counter()
         fleet.model_version()
         fleet.core.list_node(label_selector="pool=bench")
-        fleet.custom.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
+        fleet.custom.list_cluster_custom_object(GROUP, VERSION, NODE_CACHES)
         timings.append(time.perf_counter() - started)
     return statistics.median(timings)
 
@@ -510,7 +511,7 @@ def main() -> None:
                 GROUP,
                 VERSION,
                 fleet.namespace,
-                "modelversions",
+                MODEL_VERSIONS,
                 {
                     "apiVersion": API_VERSION,
                     "kind": "ModelVersion",
@@ -535,13 +536,13 @@ def main() -> None:
         )
         time.sleep(2.0)  # let the agents go idle before reading their memory
         print_memory(fleet)
-        caches = Recorder(fleet.custom.list_cluster_custom_object, GROUP, VERSION, "nodecaches")
+        caches = Recorder(fleet.custom.list_cluster_custom_object, GROUP, VERSION, NODE_CACHES)
         versions = Recorder(
             fleet.custom.list_namespaced_custom_object,
             GROUP,
             VERSION,
             fleet.namespace,
-            "modelversions",
+            MODEL_VERSIONS,
         )
         stack.callback(caches.stop)
         stack.callback(versions.stop)

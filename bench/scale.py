@@ -46,7 +46,7 @@ from _cluster import (
 from kubernetes import client
 from kubernetes import config as kube_config
 
-from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.api.k8s import API_VERSION, GROUP, MODEL_VERSIONS, NODE_CACHES, VERSION
 from modelcache.testing import KubeControlPlane, ensure_toolchain
 from modelcache.testing.crds import install_crds
 from modelcache.testing.fleet import modelcache_process
@@ -164,7 +164,7 @@ def operator_ready(custom: client.CustomObjectsApi) -> bool:
 
 def verify(custom: client.CustomObjectsApi, expected: dict[str, set[str]]) -> tuple[int, int, int]:
     """A final LIST: (entries present, missing, extra) against what the selectors say."""
-    listed = custom.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
+    listed = custom.list_cluster_custom_object(GROUP, VERSION, NODE_CACHES)
     held = {item["metadata"]["name"]: entries(item) for item in listed["items"]}
     present = missing = extra = 0
     for node, wanted in expected.items():
@@ -228,7 +228,7 @@ def operator_process(kubeconfig: Path, work: Path, max_workers: int | None) -> M
 
 def phases(custom: client.CustomObjectsApi) -> Counter[str]:
     """ModelVersions by status phase ("none": the operator never wrote a status)."""
-    listed = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, "modelversions")
+    listed = custom.list_namespaced_custom_object(GROUP, VERSION, NAMESPACE, MODEL_VERSIONS)
     return Counter(
         str((item.get("status") or {}).get("phase") or "none") for item in listed["items"]
     )
@@ -319,7 +319,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark reads best top to bottom
                 custom.list_cluster_custom_object,
                 GROUP,
                 VERSION,
-                "nodecaches",
+                NODE_CACHES,
                 on_event=tracker,
                 keep=False,
             )
@@ -331,7 +331,7 @@ def main() -> None:  # noqa: PLR0915 - a benchmark reads best top to bottom
             t0 = time.time()
             for index in range(args.models):
                 custom.create_namespaced_custom_object(
-                    GROUP, VERSION, NAMESPACE, "modelversions", model_version(index)
+                    GROUP, VERSION, NAMESPACE, MODEL_VERSIONS, model_version(index)
                 )
             created = time.time() - t0
             entries_task = progress.add_task("NodeCache entries", total=total)

@@ -38,8 +38,8 @@ from safetensors.torch import load, load_file
 from torch import nn
 
 from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
+from modelcache.fs import hash_file
 from modelcache.runtime import LoraLinear, LoraRuntime, RuntimeConfig, write_safetensors
-from modelcache.sources.checksum import hash_file
 
 console = Console()
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}

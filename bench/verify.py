@@ -18,7 +18,7 @@ from pathlib import Path
 
 import crcmod
 
-from modelcache.sources.checksum import READ_CHUNK, crc64_xz, hash_file
+from modelcache.fs import READ_CHUNK, crc64_xz, hash_file
 
 # CRC-64/XZ as oss2 defines it (oss2.utils.Crc64).
 _CRCMOD_XZ = crcmod.mkCrcFun(0x142F0E1EBA9EA3693, initCrc=0, xorOut=0xFFFFFFFFFFFFFFFF, rev=True)

@@ -30,7 +30,7 @@ from kubernetes import client, config
 from rich.console import Console
 from rich.table import Table
 
-from modelcache.api.k8s import API_VERSION, GROUP, VERSION
+from modelcache.api import API_VERSION, GROUP, MODEL_VERSIONS, NODE_CACHES, VERSION, event_log_path
 from modelcache.testing import KubeControlPlane, ObjectStore, ensure_toolchain
 from modelcache.testing.crds import install_crds
 from modelcache.testing.fleet import modelcache_process, node_agent
@@ -81,7 +81,7 @@ def one_server(env: dict[str, str], work: Path, url: str) -> None:
     sh(env, "use", "studio/sdxl", "v1", "--source", url)
     sh(env, "use", "studio/sdxl", "v2")
     events = [
-        json.loads(line) for line in (work / "server-cache/events.jsonl").read_text().splitlines()
+        json.loads(line) for line in event_log_path(work / "server-cache").read_text().splitlines()
     ]
     fetched = [e["file"] for e in events if e["event"] == "L3_FETCH" and e["version"] == "v2"]
     console.print(f"[green]v2 downloaded only what changed:[/] {fetched}")
@@ -107,7 +107,7 @@ def kubectl_get(kubectl: Path, env: dict[str, str]) -> None:
 def node_table(api: client.CustomObjectsApi) -> Table:
     table = Table("NODE", "HOLDS", "SPEC ACTIVE", "SERVING", box=None)
     for node in NODES:
-        cache = api.get_cluster_custom_object(GROUP, VERSION, "nodecaches", node)
+        cache = api.get_cluster_custom_object(GROUP, VERSION, NODE_CACHES, node)
         spec = (cache.get("spec") or {}).get("models") or [{}]
         status = ((cache.get("status") or {}).get("models") or [{}])[0]
         held = [v["version"] for v in status.get("versions", []) if v["state"] == "Cached"]
@@ -121,7 +121,7 @@ def wait_phase(api: client.CustomObjectsApi, version: str, show: bool = False) -
     started = time.monotonic()
     last = None
     while time.monotonic() - started < 120:
-        mv = api.get_namespaced_custom_object(GROUP, VERSION, "studio", "modelversions", "sdxl")
+        mv = api.get_namespaced_custom_object(GROUP, VERSION, "studio", MODEL_VERSIONS, "sdxl")
         status = mv.get("status") or {}
         rollout = (status.get("rollout") or {}).get("phase")
         if show and rollout != last:
@@ -166,7 +166,7 @@ def cluster(env: dict[str, str], work: Path, url: str, kube: KubeControlPlane) -
         }
         console.print("[bold cyan]$ kubectl apply -f sdxl.yaml[/]")
         console.print(yaml.safe_dump(manifest, sort_keys=False), markup=False, highlight=False)
-        custom.create_namespaced_custom_object(GROUP, VERSION, "studio", "modelversions", manifest)
+        custom.create_namespaced_custom_object(GROUP, VERSION, "studio", MODEL_VERSIONS, manifest)
         console.print(
             f"[green]v1 available on every node in {wait_phase(custom, 'v1'):.1f}s "
             "(first pull included)"
@@ -179,7 +179,7 @@ def cluster(env: dict[str, str], work: Path, url: str, kube: KubeControlPlane) -
             '-p \'{"spec":{"version":"v2"}}\'[/]'
         )
         custom.patch_namespaced_custom_object(
-            GROUP, VERSION, "studio", "modelversions", "sdxl", {"spec": {"version": "v2"}}
+            GROUP, VERSION, "studio", MODEL_VERSIONS, "sdxl", {"spec": {"version": "v2"}}
         )
         seconds = wait_phase(custom, "v2", show=True)
         console.print(f"[green]v2 prefetched everywhere, then canary, then waves: {seconds:.1f}s")

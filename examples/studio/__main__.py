@@ -16,6 +16,7 @@ import torch
 
 from examples.studio.model import StudioConfig
 from examples.studio.server import Studio, StudioServer
+from modelcache.api import DEFAULT_ROOT, ROOT_ENV
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 log = logging.getLogger("examples.studio")
@@ -34,9 +35,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--root",
         type=Path,
-        default=Path(os.environ.get("MODELCACHE_ROOT", "/var/lib/modelcache")),
+        default=Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)),
         help="the L2 cache root; reload paths must lie inside it "
-        "(default $MODELCACHE_ROOT or /var/lib/modelcache)",
+        f"(default ${ROOT_ENV} or {DEFAULT_ROOT})",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32")

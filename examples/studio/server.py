@@ -1,6 +1,6 @@
 """The studio's inference service: generations over HTTP, the LoRA swapped by modelcache.
 
-Routes (one port, stdlib HTTP server, one thread per connection):
+Routes (one port, bounded stdlib HTTP server, a thread per whole request):
     POST /generate            {"seed": int, "steps": int?, "return_image": bool?}
                               -> {"version", "seed", "steps", "seconds", "image_sha256", "stats"}
     GET  /healthz             liveness, with the live version and the last reload
@@ -47,7 +47,7 @@ from modelcache.runtime import (
     TornWeightsError,
     watch_current,
 )
-from modelcache.runtime.httpserver import BoundedHandler, BoundedHTTPServer
+from modelcache.serving import BoundedHandler, BoundedHTTPServer
 
 log = logging.getLogger("examples.studio")
 
@@ -257,7 +257,7 @@ class _Handler(BoundedHandler):
 
 class StudioServer(BoundedHTTPServer):
     """`StudioServer(studio, port=8000).start()` serves on a daemon thread; `.stop()`.
-    Bounded like the reload server (modelcache/runtime/httpserver.py)."""
+    Bounded like the reload server (modelcache/serving/httpserver.py)."""
 
     def __init__(self, studio: Studio, *, host: str = "0.0.0.0", port: int = 8000) -> None:  # noqa: S104
         super().__init__((host, port), _Handler)

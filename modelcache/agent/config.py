@@ -6,17 +6,18 @@ never knows which mode it runs in.
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelcache.api.names import check_version, parse_model_ref
-from modelcache.api.problems import one_line
-from modelcache.sources.base import parse_source_url
-
-DEFAULT_ROOT = Path("/var/lib/modelcache")
+from modelcache.api import DEFAULT_ROOT, check_url, check_version, event_log_path, parse_model_ref
+from modelcache.fs import FileRefused, read_capped
+from modelcache.problems import MAX_PROBLEMS
+from modelcache.sources import parse_source_url
 
 
 class ConfigError(ValueError):
@@ -65,6 +66,7 @@ class ModelConfig(_Strict):
     @classmethod
     def _reload_urls(cls, values: list[str]) -> list[str]:
         for url in values:
+            check_url(url, "reload URL", "a reload call carries no credentials")
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"reload URL {url!r} must be http:// or https://")
         return values
@@ -102,31 +104,43 @@ class AgentConfig(_Strict):
 
     @property
     def event_log_path(self) -> Path:
-        return self.event_log or self.root / "events.jsonl"
+        return self.event_log or event_log_path(self.root)
 
 
 MAX_CONFIG_BYTES = 1024**2  # a node's config lists its models; a megabyte is thousands
+MAX_MESSAGE_CHARS = 200
+"""The most of one validation message an error carries (a validator may quote a value)."""
+# A key shown in an error: a config field is lowercase snake_case. Anything else (a line of
+# a system file, a token) is some other file's contents and is never echoed.
+_SHOWN_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# A quoted span in a PyYAML problem: a tag, an alias, a character of the file.
+_QUOTED = re.compile(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"")
+_TOKEN_NAME = re.compile(r"<[a-z ]+>")  # '<block mapping start>': the parser's, not the file's
+# The characters a YAML problem may name as they are (a tab is the usual mistake).
+_KEPT_CHARACTERS = frozenset(
+    ["\\t", " ", "!", "%", "&", "*", ":", ",", "[", "]", "{", "}", "|", ">", "@", "`", "#"]
+)
 
 
-def read_config(path: Path) -> bytes:
-    """The config file's bytes, bounded; the agent compares them to see a change."""
+def read_config(path: str | os.PathLike[str]) -> bytes:
+    """The config file's bytes, bounded; the agent compares them to see a change. A FIFO,
+    a directory or a device in its place is refused at once, never waited on."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_CONFIG_BYTES + 1)
+        return read_capped(path, MAX_CONFIG_BYTES, what="agent config")
+    except FileRefused as error:
+        raise ConfigError(str(error)) from None
     except OSError as error:
         raise ConfigError(f"cannot read agent config {path}: {error.strerror}") from None
-    if len(data) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"agent config {path} is larger than {MAX_CONFIG_BYTES} bytes")
-    return data
 
 
-def load_config(path: Path) -> AgentConfig:
+def load_config(path: str | os.PathLike[str]) -> AgentConfig:
     """Read, parse and validate; errors name the file and the field."""
     return parse_config(read_config(path), path)
 
 
-def parse_config(raw: bytes, path: Path) -> AgentConfig:
-    """Parse and validate bytes read from `path` (named in errors)."""
+def parse_config(raw: bytes, path: str | os.PathLike[str]) -> AgentConfig:
+    """Parse and validate bytes read from `path` (named in errors, its contents never: the
+    path may be any file, a system file given by mistake)."""
     try:
         text = raw.decode()
     except UnicodeDecodeError as error:
@@ -134,10 +148,7 @@ def parse_config(raw: bytes, path: Path) -> AgentConfig:
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = " ".join(str(getattr(error, "problem", None) or error).split())
-        raise ConfigError(f"agent config {path} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"agent config {path} is not valid YAML{yaml_problem(error)}") from None
     except RecursionError:
         raise ConfigError(f"agent config {path} is nested too deeply to be a config") from None
     if document is None:
@@ -146,8 +157,54 @@ def parse_config(raw: bytes, path: Path) -> AgentConfig:
     try:
         config = AgentConfig.model_validate(document)
     except ValidationError as error:
-        raise ConfigError(f"agent config {path}: {one_line(error)}") from None
+        raise ConfigError(f"agent config {path}: {validation_problems(error)}") from None
     names = [parse_model_ref(m.name) for m in config.models]
     if len(set(names)) != len(names):
         raise ConfigError(f"agent config {path}: a model is listed twice")
     return config
+
+
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """' at line N, column M: <problem>' without the file's text: PyYAML's message quotes
+    the offending line (its snippet), and its problem may quote a tag or an alias."""
+    if isinstance(error, yaml.reader.ReaderError):
+        return f" at character {error.position + 1}: a control character (#x{error.character:04x})"
+    if not isinstance(error, yaml.MarkedYAMLError):
+        return ""
+    mark = error.problem_mark or error.context_mark
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    problem = _QUOTED.sub(_keep_if_not_content, " ".join((error.problem or "").split()))
+    return f"{where}: {problem}" if problem else where
+
+
+def _keep_if_not_content(quoted: re.Match[str]) -> str:
+    """A quoted token name or a single punctuation or space character says what is wrong
+    without saying what the file holds; anything else is replaced."""
+    inner = quoted.group()[1:-1]
+    if _TOKEN_NAME.fullmatch(inner) or inner in _KEPT_CHARACTERS:
+        return quoted.group()
+    return "(not shown)"
+
+
+def validation_problems(error: ValidationError) -> str:
+    """`field: message; ...` (the first few), naming only keys a config could have."""
+    problems = error.errors()
+    shown = "; ".join(
+        f"{_location(problem['loc'])}: {_bounded(problem['msg'])}"
+        for problem in problems[:MAX_PROBLEMS]
+    )
+    more = len(problems) - MAX_PROBLEMS
+    return shown + (f" (and {more} more)" if more > 0 else "")
+
+
+def _location(loc: tuple[int | str, ...]) -> str:
+    parts = [
+        str(part) if isinstance(part, int) or _SHOWN_KEY.fullmatch(part) else "(a key not shown)"
+        for part in loc
+    ]
+    return ".".join(parts) or "(root)"
+
+
+def _bounded(message: str) -> str:
+    text = " ".join(message.split())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[: MAX_MESSAGE_CHARS - 1] + "…"

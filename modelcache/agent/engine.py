@@ -28,23 +28,25 @@ from modelcache.agent.events import (
     PullEnded,
     PullStarted,
     Repaired,
+    ResumeDiscarded,
     Unpinned,
     VerifyFailed,
     Warmed,
 )
-from modelcache.api.manifest import Manifest, ManifestFile
-from modelcache.sources.base import Credentials, ObjectClient, SourceError
-from modelcache.sources.download import (
+from modelcache.api import Manifest, ManifestFile
+from modelcache.sources import (
+    Credentials,
+    ObjectClient,
     PullOptions,
     RateLimiter,
+    SourceError,
     VerificationError,
     discard,
     download_file,
+    open_source,
+    read_manifest,
 )
-from modelcache.sources.publish import read_manifest
-from modelcache.sources.registry import open_source
-from modelcache.store import ModelRef, Store, StoreError
-from modelcache.store.errors import DiskFull
+from modelcache.store import DiskFull, ModelRef, Store, StoreError
 
 
 class PullProgress(Protocol):
@@ -291,6 +293,7 @@ class CacheEngine:
                     progress=received.add,
                     limiter=self.limiter,
                     cancel=self._cancel,
+                    on_resume_discarded=self._resume_discarded(model, version, entry),
                 )
             except VerificationError:
                 self.events.emit(
@@ -391,7 +394,7 @@ class CacheEngine:
             report.unrepaired.append(entry.sha256)
             return
         try:
-            relinked = self._repair(source, version, entry)
+            relinked = self._repair(model, source, version, entry)
         except (SourceError, StoreError) as error:  # report every corrupt file, not the first
             report.unrepaired.append(entry.sha256)
             self.events.emit(
@@ -409,7 +412,25 @@ class CacheEngine:
             )
         )
 
-    def _repair(self, source: str, version: str, entry: ManifestFile) -> int:
+    def _resume_discarded(
+        self, model: ModelRef, version: str, entry: ManifestFile
+    ) -> Callable[[str], None]:
+        """What a download tells when it throws a resume record's claims away: an event."""
+
+        def emit(reason: str) -> None:
+            self.events.emit(
+                ResumeDiscarded(
+                    model=str(model),
+                    version=version,
+                    file=entry.path,
+                    sha256=entry.sha256,
+                    reason=reason,
+                )
+            )
+
+        return emit
+
+    def _repair(self, model: ModelRef, source: str, version: str, entry: ManifestFile) -> int:
         """Fetch a verified copy of a corrupt blob from L3; returns the files relinked."""
         client = self.client(source)
         self.store.quarantine_blob(entry.sha256)
@@ -423,6 +444,7 @@ class CacheEngine:
                 options=self.options,
                 limiter=self.limiter,
                 cancel=self._cancel,
+                on_resume_discarded=self._resume_discarded(model, version, entry),
             )
             self.store.adopt_blob(tmp, entry.sha256)
         return self.store.relink(entry.sha256)

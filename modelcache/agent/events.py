@@ -1,67 +1,31 @@
 """The cache event log: one typed event per change, one JSON line each, to a file and stdout.
 
-Each kind of event is one dataclass below, so what an event carries is written once: the
-engine builds them, the log writes them, the metrics read their fields by attribute.
-Event names follow the case's operators' vocabulary (L2_SYNC, L1_LOAD...), so the log
+Each of the agent's kinds of event is one dataclass below, so what an event carries is
+written once: the engine builds them, the log writes them, the metrics read their fields by
+attribute. The kinds and the event base are in `modelcache/api/events.py` (the runtime's
+events share them); a reload call's event is `modelcache.api.reload.ReloadOutcome`.
+Event names follow the case's operators' vocabulary (L2_FLIP, L1_LOAD...), so the log
 reads like theirs: `{"ts": ..., "event": "L2_FLIP", "model": ..., ...}`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import IO, Any, ClassVar
+from typing import IO, Any
 
-
-class Event(StrEnum):
-    PULL_START = "L3_PULL_START"
-    PULL_END = "L3_PULL_END"
-    FILE_FETCHED = "L3_FETCH"
-    L2_HIT = "L2_HIT"
-    VERIFY = "L2_VERIFY"
-    VERIFY_FAILED = "L2_VERIFY_FAILED"
-    REPAIR = "L2_REPAIR"
-    INSTALL = "L2_INSTALL"
-    FLIP = "L2_FLIP"
-    WARMUP = "L2_WARMUP"
-    EVICT = "L2_EVICT"
-    REMOVE = "L2_REMOVE"
-    PIN = "L2_PIN"
-    UNPIN = "L2_UNPIN"
-    GC = "L2_GC"
-    RELOAD = "L1_RELOAD"
-    CONFIG = "AGENT_CONFIG"
-    ERROR = "ERROR"
-
-
-@dataclass(frozen=True, kw_only=True)
-class CacheEvent:
-    """One event; `kind` is its name in the log, the fields its JSON keys."""
-
-    kind: ClassVar[Event]
-
-    def fields(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-@dataclass(frozen=True, kw_only=True)
-class ModelEvent(CacheEvent):
-    """An event about one version of one model."""
-
-    model: str
-    version: str
+from modelcache.api import CacheEvent, EventKind, ModelEvent
 
 
 @dataclass(frozen=True, kw_only=True)
 class PullStarted(ModelEvent):
-    kind = Event.PULL_START
+    kind = EventKind.L3_PULL_START
     source: str
     files: int
     files_to_download: int
@@ -70,7 +34,7 @@ class PullStarted(ModelEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class PullEnded(ModelEvent):
-    kind = Event.PULL_END
+    kind = EventKind.L3_PULL_END
     scheme: str
     files_downloaded: int
     files_cached: int
@@ -81,30 +45,41 @@ class PullEnded(ModelEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class FileFetched(ModelEvent):
-    kind = Event.FILE_FETCHED
+    kind = EventKind.L3_FETCH
     file: str
     bytes: int
     sha256: str
 
 
 @dataclass(frozen=True, kw_only=True)
+class ResumeDiscarded(ModelEvent):
+    """A partial download's resume record was not trusted (unreadable, of another version,
+    or its claims failed verification): the file is fetched from zero."""
+
+    kind = EventKind.L3_RESUME_DISCARDED
+    file: str
+    sha256: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
 class AlreadyCached(ModelEvent):
     """A pull of a version the node already holds: nothing downloaded."""
 
-    kind = Event.L2_HIT
+    kind = EventKind.L2_HIT
     files: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class VerifyFailed(ModelEvent):
-    kind = Event.VERIFY_FAILED
+    kind = EventKind.L2_VERIFY_FAILED
     file: str
     sha256: str
 
 
 @dataclass(frozen=True, kw_only=True)
 class Repaired(ModelEvent):
-    kind = Event.REPAIR
+    kind = EventKind.L2_REPAIR
     file: str
     sha256: str
     relinked: int
@@ -112,18 +87,18 @@ class Repaired(ModelEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class Installed(ModelEvent):
-    kind = Event.INSTALL
+    kind = EventKind.L2_INSTALL
 
 
 @dataclass(frozen=True, kw_only=True)
 class Warmed(ModelEvent):
-    kind = Event.WARMUP
+    kind = EventKind.L2_WARMUP
     bytes: int
 
 
 @dataclass(frozen=True, kw_only=True)
 class Flipped(ModelEvent):
-    kind = Event.FLIP
+    kind = EventKind.L2_FLIP
     previous: str | None
     rollback: bool = False
 
@@ -132,52 +107,40 @@ class Flipped(ModelEvent):
 class Evicted(ModelEvent):
     """A version removed by retention."""
 
-    kind = Event.EVICT
+    kind = EventKind.L2_EVICT
 
 
 @dataclass(frozen=True, kw_only=True)
 class ModelRemoved(CacheEvent):
     """A whole model removed (its ModelVersion deleted, the node no longer selected)."""
 
-    kind = Event.REMOVE
+    kind = EventKind.L2_REMOVE
     model: str
     versions: tuple[str, ...]
 
 
 @dataclass(frozen=True, kw_only=True)
 class Pinned(ModelEvent):
-    kind = Event.PIN
+    kind = EventKind.L2_PIN
 
 
 @dataclass(frozen=True, kw_only=True)
 class Unpinned(ModelEvent):
-    kind = Event.UNPIN
+    kind = EventKind.L2_UNPIN
 
 
 @dataclass(frozen=True, kw_only=True)
 class Collected(CacheEvent):
     """Unreferenced blobs, old partial downloads and quarantined files deleted."""
 
-    kind = Event.GC
+    kind = EventKind.L2_GC
     bytes_freed: int
     blobs_removed: int
 
 
 @dataclass(frozen=True, kw_only=True)
-class ReloadCalled(ModelEvent):
-    kind = Event.RELOAD
-    target: str  # the pod's name, or the URL in standalone mode
-    url: str
-    ok: bool
-    status: int | None
-    live_version: str | None
-    reason: str | None
-    seconds: float
-
-
-@dataclass(frozen=True, kw_only=True)
 class ConfigLoaded(CacheEvent):
-    kind = Event.CONFIG
+    kind = EventKind.AGENT_CONFIG
     config: str
     models: int
     started: bool = False
@@ -185,7 +148,7 @@ class ConfigLoaded(CacheEvent):
 
 @dataclass(frozen=True, kw_only=True)
 class Failed(CacheEvent):
-    kind = Event.ERROR
+    kind = EventKind.ERROR
     operation: str
     error: str
     model: str | None = None
@@ -199,9 +162,13 @@ class EventLog:
     """Thread-safe JSON-lines sink; listeners see every event (metrics, tests)."""
 
     def __init__(
-        self, path: Path | None = None, *, stdout: bool = False, node: str | None = None
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        stdout: bool = False,
+        node: str | None = None,
     ) -> None:
-        self.path = path
+        self.path = path = None if path is None else Path(path)
         self.node = node
         self._stdout = stdout
         self._lock = threading.Lock()
@@ -241,8 +208,9 @@ class EventLog:
                 self._file = None
 
 
-def read_events(path: Path) -> list[dict[str, Any]]:
+def read_events(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every record of an event log file (for tests and `modelcache` tooling)."""
+    path = Path(path)
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -19,18 +19,12 @@ from typing import Any
 from urllib3.exceptions import HTTPError
 
 from modelcache.agent.engine import CacheEngine
-from modelcache.agent.kubeapi import ApiError, KubeClient, core_path
+from modelcache.agent.kube import ApiError, KubeClient, core_path
 from modelcache.agent.kubewatch import NodeCacheWatcher, StatusReporter
-from modelcache.agent.reconciler import DesiredModel, ModelReport, NodeReconciler, ReloadEndpoint
-from modelcache.api.nodecache import (
-    DiskStatus,
-    HeldVersion,
-    NodeCacheStatus,
-    NodeModel,
-    NodeModelStatus,
-    PodReload,
-)
-from modelcache.sources.base import Credentials
+from modelcache.agent.metrics import AgentMetrics
+from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint
+from modelcache.api import DiskStatus, NodeCacheStatus, NodeModel
+from modelcache.sources import Credentials
 from modelcache.store import ModelRef
 
 log = logging.getLogger(__name__)
@@ -54,7 +48,9 @@ class KubeAgent:
         *,
         resync_seconds: float = 30.0,
         status_interval: float = 0.5,
+        metrics: AgentMetrics | None = None,
     ) -> None:
+        self.metrics = metrics
         self.api = api
         self.node = node
         self.engine = engine
@@ -168,17 +164,21 @@ class KubeAgent:
             field_name: next((data[k] for k in keys if k in data), None)
             for field_name, keys in SECRET_KEYS.items()
         }
-        return Credentials(**values)
+        # Named in the error that refuses an endpoint carrying credentials (never its value).
+        key = next((k for k in SECRET_KEYS["endpoint"] if k in data), "endpoint")
+        origin = f"secret {ref.namespace or entry.namespace}/{ref.name} key {key}"
+        return Credentials(**values, endpoint_origin=origin)
 
     # -- status ---------------------------------------------------------------------------
     def _status(self) -> dict[str, Any]:
         spec = self.watcher.spec
         store = self.engine.store
         models = [
-            _model_status(entry, self.reconciler.report(self.desired(entry)))
-            for entry in (spec.models if spec else [])
+            self.reconciler.report(self.desired(entry)) for entry in (spec.models if spec else [])
         ]
         usage = store.usage()
+        if self.metrics is not None:  # the same figures for Prometheus (the disk alert)
+            self.metrics.record_disk(usage)
         status = NodeCacheStatus(
             models=models,
             disk=DiskStatus(
@@ -189,38 +189,6 @@ class KubeAgent:
             updated_at=_now(),
         )
         return status.to_wire()
-
-
-def _model_status(entry: NodeModel, report: ModelReport) -> NodeModelStatus:
-    return NodeModelStatus(
-        namespace=entry.namespace,
-        name=entry.name,
-        active=report.active,
-        versions=[
-            HeldVersion(
-                version=v.version,
-                state=v.state,
-                bytes=v.bytes,
-                bytes_done=v.bytes_done,
-                message=v.message,
-            )
-            for v in report.versions
-        ],
-        bytes_per_second=report.bytes_per_second,
-        last_error=report.last_error,
-        reloads=[
-            PodReload(
-                pod=r.target,
-                version=r.version,
-                ok=r.ok,
-                reason=r.reason,
-                at=r.at,
-                answered=r.answered,
-            )
-            for r in report.reloads
-        ],
-        reloaded_version=report.reloaded,
-    )
 
 
 def _decode(value: bytes | str) -> str:

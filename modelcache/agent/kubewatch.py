@@ -17,12 +17,10 @@ from typing import Any
 
 from urllib3.exceptions import HTTPError
 
-from modelcache.agent.kubeapi import ApiError, KubeClient, custom_objects_path
-from modelcache.api.k8s import GROUP, VERSION
-from modelcache.api.nodecache import NodeCacheSpec
+from modelcache.agent.kube import ApiError, KubeClient, custom_objects_path
+from modelcache.api import GROUP, NODE_CACHES, VERSION, NodeCacheSpec
 
 log = logging.getLogger(__name__)
-NODE_CACHES = "nodecaches"
 
 
 class NodeCacheWatcher:

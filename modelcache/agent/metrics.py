@@ -6,7 +6,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from modelcache.agent.events import (
     AlreadyCached,
-    CacheEvent,
     Collected,
     Evicted,
     Failed,
@@ -14,9 +13,10 @@ from modelcache.agent.events import (
     ModelRemoved,
     PullEnded,
     PullStarted,
-    ReloadCalled,
     VerifyFailed,
 )
+from modelcache.api import CacheEvent, ReloadOutcome
+from modelcache.store import Usage
 
 
 class AgentMetrics:
@@ -99,7 +99,7 @@ class AgentMetrics:
             case Flipped():
                 self.flips.labels(event.model).inc()
                 self.set_live(event.model, event.version)
-            case ReloadCalled():
+            case ReloadOutcome():
                 self.reloads.labels(event.model, "ok" if event.ok else "failed").inc()
             case Evicted():
                 self.evictions.labels(event.model).inc()
@@ -113,6 +113,12 @@ class AgentMetrics:
                 if event.operation == "pull":  # failed before or after its PullStarted
                     self._pulling.discard((event.model or "", event.version or ""))
                     self.pulls_in_progress.set(len(self._pulling))
+
+    def record_disk(self, usage: Usage) -> None:
+        """The cache filesystem's figures, as the node's status reports them."""
+        self.disk_bytes.labels("total").set(usage.total_bytes)
+        self.disk_bytes.labels("free").set(usage.free_bytes)
+        self.disk_bytes.labels("blobs").set(usage.blob_bytes)
 
     def set_live(self, model: str, version: str) -> None:
         """Exactly one live-version series per model."""

@@ -18,17 +18,19 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from modelcache.agent.engine import CacheEngine
-from modelcache.agent.events import Failed, ReloadCalled
-from modelcache.agent.reload import ReloadResult, call_reload
-from modelcache.api.nodecache import VersionState
-from modelcache.sources.base import (
+from modelcache.agent.events import Failed
+from modelcache.agent.reload import call_reload
+from modelcache.api import HeldVersion, NodeModelStatus, PodReload, ReloadOutcome
+from modelcache.sources import (
     Credentials,
     InvalidSourceURL,
     ObjectNotFound,
+    ObjectTooLarge,
+    PullCancelled,
     SourceError,
+    VerificationError,
+    VersionMissing,
 )
-from modelcache.sources.download import PullCancelled, VerificationError
-from modelcache.sources.publish import VersionMissing
 from modelcache.store import ModelRef, StoreError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,7 @@ GC_INTERVAL_SECONDS = 600.0
 PERMANENT_ERRORS: tuple[type[Exception], ...] = (
     VersionMissing,
     ObjectNotFound,
+    ObjectTooLarge,
     VerificationError,
     InvalidSourceURL,
 )
@@ -122,43 +125,11 @@ class PullInFlight:
         return self.done / max(time.monotonic() - self.started, 1e-3)
 
 
-@dataclass(frozen=True)
-class ReloadRecord:
-    target: str
-    version: str
-    ok: bool
-    reason: str | None
-    at: dt.datetime
-    answered: bool = True
-
-
-@dataclass(frozen=True)
-class VersionReport:
-    version: str
-    state: VersionState
-    bytes: int = 0
-    bytes_done: int = 0
-    message: str | None = None
-
-
-@dataclass(frozen=True)
-class ModelReport:
-    """One model's state on this node, for a NodeCache status or the metrics."""
-
-    model: ModelRef
-    active: str | None
-    reloaded: str | None
-    versions: tuple[VersionReport, ...]
-    reloads: tuple[ReloadRecord, ...]
-    bytes_per_second: float | None
-    last_error: str | None
-
-
 @dataclass
 class _ModelState:
     failures: dict[str, PullFailure] = field(default_factory=dict)
     acked: dict[str, str] = field(default_factory=dict)  # target -> version it serves
-    reloads: dict[str, ReloadRecord] = field(default_factory=dict)
+    reloads: dict[str, PodReload] = field(default_factory=dict)  # by target
     targets: set[str] | None = None  # None: not looked yet
     last_error: str | None = None
 
@@ -287,14 +258,15 @@ class NodeReconciler:
             if state.acked.get(target.name) == entry.active:
                 continue
             called = True
-            result = call_reload(
+            outcome = call_reload(
                 target.url,
                 model=entry.key,
                 version=entry.active,
                 timeout=entry.reload_timeout,
+                target=target.name,
             )
-            self._record_reload(entry, state, target, result)
-            all_ok = all_ok and result.ok
+            self._record_reload(entry, state, target, outcome)
+            all_ok = all_ok and outcome.ok
         live = {t.name for t in targets}
         with self._lock:
             state.acked = {t: v for t, v in state.acked.items() if t in live}
@@ -305,33 +277,18 @@ class NodeReconciler:
         return all_ok
 
     def _record_reload(
-        self, entry: DesiredModel, state: _ModelState, target: ReloadEndpoint, result: ReloadResult
+        self,
+        entry: DesiredModel,
+        state: _ModelState,
+        target: ReloadEndpoint,
+        outcome: ReloadOutcome,
     ) -> None:
         assert entry.active is not None
-        self.engine.events.emit(
-            ReloadCalled(
-                model=entry.key,
-                version=entry.active,
-                target=target.name,
-                url=target.url,
-                ok=result.ok,
-                status=result.status,
-                live_version=result.live_version,
-                reason=result.reason,
-                seconds=round(result.seconds, 3),
-            )
-        )
+        self.engine.events.emit(outcome)
         with self._lock:
-            if result.ok:
+            if outcome.ok:
                 state.acked[target.name] = entry.active
-            state.reloads[target.name] = ReloadRecord(
-                target=target.name,
-                version=entry.active,
-                ok=result.ok,
-                reason=result.reason,
-                at=dt.datetime.now(dt.UTC),
-                answered=result.answered,
-            )
+            state.reloads[target.name] = outcome.to_pod_reload(dt.datetime.now(dt.UTC))
 
     # -- pulls ------------------------------------------------------------------------------
     def _start_pull(self, entry: DesiredModel, version: str) -> None:
@@ -442,11 +399,13 @@ class NodeReconciler:
         self.engine.gc()
 
     # -- the report -------------------------------------------------------------------------
-    def report(self, entry: DesiredModel) -> ModelReport:
+    def report(self, entry: DesiredModel) -> NodeModelStatus:
+        """One model's state on this node: its entry in the NodeCache status (the standalone
+        agent reads it too)."""
         store, model = self.engine.store, entry.model
         state = self._state(entry.key)
         held = [
-            VersionReport(version=v.version, state="Cached", bytes=v.size)
+            HeldVersion(version=v.version, state="Cached", bytes=v.size)
             for v in store.versions(model)
         ]
         installed = {h.version for h in held}
@@ -461,26 +420,29 @@ class NodeReconciler:
                 if pull is not None:
                     rate = pull.bytes_per_second
                     held.append(
-                        VersionReport(version, "Pulling", bytes=pull.total, bytes_done=pull.done)
+                        HeldVersion(
+                            version=version, state="Pulling", bytes=pull.total, bytes_done=pull.done
+                        )
                     )
                 elif failure is not None:
                     why = _failure_text(failure, now)
-                    held.append(VersionReport(version, "Failed", message=why))
+                    held.append(HeldVersion(version=version, state="Failed", message=why))
                 else:
-                    held.append(VersionReport(version, "Pending"))
-            reloads = tuple(state.reloads.values())
+                    held.append(HeldVersion(version=version, state="Pending"))
+            reloads = list(state.reloads.values())
             last_error = state.last_error
         active = store.current(model)
         with self._lock:
             reloaded = state.reloaded(active, entry.reload)
-        return ModelReport(
-            model=model,
+        return NodeModelStatus(
+            namespace=model.namespace,
+            name=model.name,
             active=active,
-            reloaded=reloaded,
-            versions=tuple(held),
-            reloads=reloads,
+            versions=held,
             bytes_per_second=rate,
             last_error=last_error,
+            reloads=reloads,
+            reloaded_version=reloaded,
         )
 
 

@@ -4,47 +4,47 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
 
 import requests
 import urllib3
 from pydantic import ValidationError
 
-from modelcache.api.reload import ReloadAnswer, ReloadRequest
+from modelcache.api import ReloadAnswer, ReloadOutcome, ReloadRequest
 
 MAX_ANSWER_BYTES = 64 * 1024
 MAX_REASON_CHARS = 1000
 
 
-@dataclass(frozen=True)
-class ReloadResult:
-    url: str
-    ok: bool
-    status: int | None
-    live_version: str | None
-    reason: str | None
-    seconds: float
-
-    @property
-    def answered(self) -> bool:
-        """The pod gave a verdict (a refusal is one); False: not listening yet, gone, or
-        busy (429, 503): to be retried, not a failure."""
-        return self.status is not None and self.status not in (429, 503)
-
-
-def call_reload(url: str, *, model: str, version: str, timeout: float = 30.0) -> ReloadResult:
-    """One reload call; never raises: a refusal or an unreachable pod is a result to report."""
+def call_reload(
+    url: str, *, model: str, version: str, timeout: float = 30.0, target: str | None = None
+) -> ReloadOutcome:
+    """One reload call; never raises: a refusal or an unreachable pod is an outcome to report.
+    `target` names the pod in the outcome (default: the URL)."""
     started = time.monotonic()
     body = ReloadRequest(model=model, version=version).model_dump(exclude_none=True)
+
+    def outcome(
+        ok: bool, status: int | None, live: str | None, reason: str | None
+    ) -> ReloadOutcome:
+        return ReloadOutcome(
+            model=model,
+            version=version,
+            target=url if target is None else target,
+            url=url,
+            ok=ok,
+            status=status,
+            live_version=live,
+            # The reason goes into the NodeCache status and events: a bounded line.
+            reason=reason[:MAX_REASON_CHARS] if reason is not None else None,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
     try:
         with requests.post(url, json=body, timeout=timeout, stream=True) as response:
             # A verdict is a few hundred bytes: read no more than a bound of what a pod sends.
             content = response.raw.read(MAX_ANSWER_BYTES + 1, decode_content=True)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
-        return ReloadResult(
-            url, False, None, None, f"unreachable: {error}", time.monotonic() - started
-        )
-    seconds = time.monotonic() - started
+        return outcome(False, None, None, f"unreachable: {error}")
     answer: ReloadAnswer | None = None  # not the contract's answer: judged by the status alone
     if len(content) <= MAX_ANSWER_BYTES:
         with contextlib.suppress(ValidationError):
@@ -54,6 +54,4 @@ def call_reload(url: str, *, model: str, version: str, timeout: float = 30.0) ->
     reason = answer.reason if answer is not None else None
     if not ok and reason is None:
         reason = f"HTTP {response.status_code}: {content[:200].decode(errors='replace')}"
-    # The reason goes into the NodeCache status and events: a bounded line.
-    reason = reason[:MAX_REASON_CHARS] if reason is not None else None
-    return ReloadResult(url, ok, response.status_code, live, reason, seconds)
+    return outcome(ok, response.status_code, live, reason)

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 from modelcache.agent.engine import CacheEngine, VerifyReport
-from modelcache.sources.base import SourceError
+from modelcache.sources import SourceError
 from modelcache.store import StoreError
 
 log = logging.getLogger(__name__)

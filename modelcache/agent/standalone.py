@@ -3,19 +3,18 @@
 An adapter around `NodeReconciler` (which owns the policy, as in the Kubernetes agent):
 the desired state comes from node.yaml (re-read when it changes, and every
 `resync_seconds`), the reload targets are its URLs, the report goes to the metrics and
-the event log. A scrubber thread re-verifies held files within an I/O budget. Errors are
-events, never exits: failed pulls are retried with backoff.
+the event log. It runs inside an `AgentProcess` set up from the same file (the event log,
+the metrics server, a scrubber that re-verifies held files within an I/O budget). Errors
+are events, never exits: failed pulls are retried with backoff.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
-from wsgiref.simple_server import WSGIServer
-
-from prometheus_client import start_http_server
 
 from modelcache.agent.config import (
     AgentConfig,
@@ -25,13 +24,11 @@ from modelcache.agent.config import (
     read_config,
 )
 from modelcache.agent.engine import CacheEngine
-from modelcache.agent.events import ConfigLoaded, EventLog, Failed
-from modelcache.agent.metrics import AgentMetrics
+from modelcache.agent.events import ConfigLoaded, Failed
+from modelcache.agent.process import AgentProcess, Verification
 from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint
-from modelcache.agent.scrubber import Scrubber
-from modelcache.api.names import parse_model_ref
-from modelcache.sources.base import SourceError
-from modelcache.sources.download import PullOptions
+from modelcache.api import parse_model_ref
+from modelcache.sources import PullOptions, SourceError
 from modelcache.store import ModelRef, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -63,19 +60,18 @@ def _endpoints(config: AgentConfig) -> dict[str, list[ReloadEndpoint]]:
 
 
 class StandaloneAgent:
-    """The daemon. `run()` blocks until `stop` is set (SIGTERM in the CLI)."""
+    """The daemon. `run()` blocks until `stop` is set (SIGTERM: `request_stop`)."""
 
-    def __init__(self, config_path: Path, *, stdout_events: bool = True) -> None:
-        self.config_path = config_path
+    def __init__(self, config_path: str | os.PathLike[str], *, stdout_events: bool = True) -> None:
+        self.config_path = Path(config_path)
         self.stop = threading.Event()
         self._wake = threading.Event()
-        self._config_bytes = read_config(config_path)
-        self.config = parse_config(self._config_bytes, config_path)
-        self.metrics = AgentMetrics()
-        self.events = EventLog(
-            self.config.event_log_path, stdout=stdout_events, node=self.config.node
-        )
-        self.events.subscribe(self.metrics.observe)
+        self._config_bytes = read_config(self.config_path)
+        self._read_problem: str | None = None  # the last config read error reported
+        self.config = parse_config(self._config_bytes, self.config_path)
+        self.process = _process(self.config, stdout_events=stdout_events)
+        self.metrics = self.process.metrics
+        self.events = self.process.events
         self.engine = self._make_engine(self.config)
         self._reload_urls = _endpoints(self.config)
         self.reconciler = NodeReconciler(
@@ -84,7 +80,6 @@ class StandaloneAgent:
             on_pull_end=self._wake.set,
         )
         self.reconciles = 0
-        self.metrics_server: WSGIServer | None = None
 
     def _make_engine(self, config: AgentConfig) -> CacheEngine:
         store = Store(config.root, high_watermark=config.high_watermark)
@@ -98,23 +93,19 @@ class StandaloneAgent:
 
     @property
     def metrics_port(self) -> int | None:
-        return self.metrics_server.server_port if self.metrics_server is not None else None
+        server = self.process.metrics_server
+        return server.server_port if server is not None else None
+
+    def request_stop(self) -> None:
+        """From a signal handler: stop now, not at the next poll."""
+        self.stop.set()
+        self._wake.set()
 
     def run(self) -> None:
-        if self.config.metrics_port is not None:
-            self.metrics_server, _ = start_http_server(
-                self.config.metrics_port, self.config.metrics_host, registry=self.metrics.registry
-            )
-        scrubber: Scrubber | None = None
-        if self.config.verify.enabled:
-            scrubber = Scrubber(
-                lambda: self.engine,
-                bytes_per_second=self.config.verify.max_bytes_per_second,
-                pass_interval=self.config.verify.pass_interval_seconds,
-                repair=self.config.verify.repair,
-                stop=self.stop,
-            )
-            scrubber.start()
+        """The loop inside its process (metrics server, scrubber), until `stop` is set."""
+        self.process.run(self._loop, stop=self.stop, engine=lambda: self.engine)
+
+    def _loop(self) -> None:
         self.events.emit(
             ConfigLoaded(config=str(self.config_path), models=len(self.config.models), started=True)
         )
@@ -131,12 +122,6 @@ class StandaloneAgent:
         finally:
             self.stop.set()
             self.reconciler.stop_pulls()
-            if scrubber is not None:
-                scrubber.join(timeout=30)
-            if self.metrics_server is not None:
-                self.metrics_server.shutdown()
-                self.metrics_server.server_close()
-            self.events.close()
 
     def run_once(self, timeout: float | None = None) -> bool:
         """`agent --once`: pull, flip, reload, retain and collect, then return. True when
@@ -147,14 +132,14 @@ class StandaloneAgent:
         done = True
         for config in self.config.models:
             report = self.reconciler.report(desired(config))
-            if report.reloaded != config.version:
+            if report.reloaded_version != config.version:
                 done = False
                 for version in report.versions:
                     if version.state == "Failed":
                         log.error("%s %s: %s", config.name, version.version, version.message)
                 for reload in report.reloads:
                     if not reload.ok:
-                        log.error("%s: reload %s: %s", config.name, reload.target, reload.reason)
+                        log.error("%s: reload %s: %s", config.name, reload.pod, reload.reason)
         return done
 
     def _reload_config_if_changed(self) -> bool:
@@ -162,9 +147,12 @@ class StandaloneAgent:
         # half-written, and its complete write can land within the same mtime tick.
         try:
             data = read_config(self.config_path)
-        except ConfigError as error:
-            self.events.emit(Failed(operation="config", error=str(error)))
+        except ConfigError as error:  # a FIFO, a directory, gone: once per problem, not per poll
+            if str(error) != self._read_problem:
+                self._read_problem = str(error)
+                self.events.emit(Failed(operation="config", error=str(error)))
             return False
+        self._read_problem = None
         if data == self._config_bytes:
             return False
         self._config_bytes = data
@@ -198,10 +186,24 @@ class StandaloneAgent:
         return again
 
     def _record_disk(self) -> None:
-        usage = self.engine.store.usage()
-        self.metrics.disk_bytes.labels("total").set(usage.total_bytes)
-        self.metrics.disk_bytes.labels("free").set(usage.free_bytes)
-        self.metrics.disk_bytes.labels("blobs").set(usage.blob_bytes)
+        self.metrics.record_disk(self.engine.store.usage())
+
+
+def _process(config: AgentConfig, *, stdout_events: bool) -> AgentProcess:
+    """The process around the agent, as node.yaml sets it up when the agent starts."""
+    verify = config.verify
+    return AgentProcess(
+        config.event_log_path,
+        node=config.node,
+        stdout_events=stdout_events,
+        metrics_port=config.metrics_port,
+        metrics_host=config.metrics_host,
+        verify=(
+            Verification(verify.max_bytes_per_second, verify.pass_interval_seconds, verify.repair)
+            if verify.enabled
+            else None
+        ),
+    )
 
 
 def _engine_settings(config: AgentConfig) -> tuple[object, ...]:

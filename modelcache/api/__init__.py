@@ -1,1 +1,130 @@
-"""Pydantic models of the contracts (ModelVersion, NodeCache, Manifest); CRDs come from here."""
+"""The contracts, each defined once: the custom resources (ModelVersion, NodeCache), the L3
+manifest and index, the reload call, the cache events' kinds, the names that become paths,
+the URL rule, and the cache root's defaults. Every other package reads them from here.
+
+What it offers (`__all__`): the types and constants below. Modules: k8s (group, version,
+resource names, shared resource parts), modelversion, nodecache, manifest, reload, events,
+names, urls, layout. `python -m modelcache.api.crd` writes the CRDs generated from these
+models (crds/ and the chart); it is a tool, so it is not re-exported here.
+"""
+
+from modelcache.api.events import CacheEvent, EventKind, ModelEvent
+from modelcache.api.k8s import (
+    API_VERSION,
+    GROUP,
+    MODEL_VERSION_KIND,
+    MODEL_VERSIONS,
+    NODE_CACHE_KIND,
+    NODE_CACHES,
+    VERSION,
+    Condition,
+    CRDModel,
+    LabelSelector,
+    LabelSelectorRequirement,
+    Reload,
+    SecretReference,
+)
+from modelcache.api.layout import DEFAULT_ROOT, EVENT_LOG_NAME, ROOT_ENV, event_log_path
+from modelcache.api.manifest import (
+    INDEX_MAX_BYTES,
+    INDEX_NAME,
+    MANIFEST_MAX_BYTES,
+    MANIFEST_NAME,
+    IndexEntry,
+    Manifest,
+    ManifestFile,
+    VersionIndex,
+)
+from modelcache.api.modelversion import (
+    HistoryEntry,
+    ModelVersionSpec,
+    ModelVersionStatus,
+    NodeFailure,
+    Phase,
+    Rollout,
+    RolloutPhase,
+    RolloutState,
+    Source,
+    VersionCount,
+)
+from modelcache.api.names import (
+    InvalidName,
+    ModelRef,
+    check_model_name,
+    check_relative_path,
+    check_version,
+    parse_model_ref,
+)
+from modelcache.api.nodecache import (
+    DiskStatus,
+    HeldVersion,
+    NodeCacheSpec,
+    NodeCacheStatus,
+    NodeModel,
+    NodeModelStatus,
+    PodReload,
+    VersionState,
+)
+from modelcache.api.reload import ReloadAnswer, ReloadOutcome, ReloadRequest
+from modelcache.api.urls import SecretInURL, check_url, redact_url
+
+__all__ = [
+    "API_VERSION",
+    "DEFAULT_ROOT",
+    "EVENT_LOG_NAME",
+    "GROUP",
+    "INDEX_MAX_BYTES",
+    "INDEX_NAME",
+    "MANIFEST_MAX_BYTES",
+    "MANIFEST_NAME",
+    "MODEL_VERSIONS",
+    "MODEL_VERSION_KIND",
+    "NODE_CACHES",
+    "NODE_CACHE_KIND",
+    "ROOT_ENV",
+    "VERSION",
+    "CRDModel",
+    "CacheEvent",
+    "Condition",
+    "DiskStatus",
+    "EventKind",
+    "HeldVersion",
+    "HistoryEntry",
+    "IndexEntry",
+    "InvalidName",
+    "LabelSelector",
+    "LabelSelectorRequirement",
+    "Manifest",
+    "ManifestFile",
+    "ModelEvent",
+    "ModelRef",
+    "ModelVersionSpec",
+    "ModelVersionStatus",
+    "NodeCacheSpec",
+    "NodeCacheStatus",
+    "NodeFailure",
+    "NodeModel",
+    "NodeModelStatus",
+    "Phase",
+    "PodReload",
+    "Reload",
+    "ReloadAnswer",
+    "ReloadOutcome",
+    "ReloadRequest",
+    "Rollout",
+    "RolloutPhase",
+    "RolloutState",
+    "SecretInURL",
+    "SecretReference",
+    "Source",
+    "VersionCount",
+    "VersionIndex",
+    "VersionState",
+    "check_model_name",
+    "check_relative_path",
+    "check_url",
+    "check_version",
+    "event_log_path",
+    "parse_model_ref",
+    "redact_url",
+]

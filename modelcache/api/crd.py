@@ -16,7 +16,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
-from modelcache.api.k8s import GROUP, VERSION
+from modelcache.api.k8s import (
+    GROUP,
+    MODEL_VERSION_KIND,
+    MODEL_VERSIONS,
+    NODE_CACHE_KIND,
+    NODE_CACHES,
+    VERSION,
+)
 from modelcache.api.modelversion import ModelVersionSpec, ModelVersionStatus
 from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus
 
@@ -37,9 +44,9 @@ class Resource:
 
 
 MODEL_VERSION = Resource(
-    kind="ModelVersion",
-    plural="modelversions",
-    singular="modelversion",
+    kind=MODEL_VERSION_KIND,
+    plural=MODEL_VERSIONS,
+    singular=MODEL_VERSION_KIND.lower(),
     short_names=("mv",),
     scope="Namespaced",
     spec=ModelVersionSpec,
@@ -54,9 +61,9 @@ MODEL_VERSION = Resource(
 )
 
 NODE_CACHE = Resource(
-    kind="NodeCache",
-    plural="nodecaches",
-    singular="nodecache",
+    kind=NODE_CACHE_KIND,
+    plural=NODE_CACHES,
+    singular=NODE_CACHE_KIND.lower(),
     short_names=("nc",),
     scope="Cluster",
     spec=NodeCacheSpec,

@@ -16,6 +16,10 @@ from pydantic.alias_generators import to_camel
 GROUP = "modelcache.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
+MODEL_VERSION_KIND = "ModelVersion"
+MODEL_VERSIONS = "modelversions"  # the plural: what URLs, kopf handlers and RBAC name
+NODE_CACHE_KIND = "NodeCache"
+NODE_CACHES = "nodecaches"
 
 
 class CRDModel(BaseModel):
@@ -97,5 +101,9 @@ class Reload(CRDModel):
 
     pod_selector: LabelSelector
     port: Annotated[int, Field(ge=1, le=65535)] = 8000
-    path: str = "/modelcache/reload"
+    # An absolute path only: no query, fragment or userinfo, which could carry a secret
+    # into the status and events (docs/security.md).
+    path: Annotated[str, Field(pattern=r"^/[A-Za-z0-9._~!$&'()*+,;=:/%-]{0,255}$")] = (
+        "/modelcache/reload"
+    )
     timeout_seconds: Annotated[int, Field(ge=1)] = 30

@@ -7,9 +7,13 @@ exist yet; read by every agent, so every field is checked on the way in.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+from collections.abc import Iterable
+from functools import cached_property
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from modelcache.api.names import check_relative_path, check_version
 
@@ -17,6 +21,19 @@ MANIFEST_NAME = "manifest.json"
 INDEX_NAME = "index.json"
 SHA256_HEX = r"^[0-9a-f]{64}$"
 CRC64_MAX = 2**64 - 1
+MiB = 1024 * 1024
+
+MANIFEST_MAX_BYTES = 32 * MiB
+"""A manifest's cap, checked before a byte is parsed. An entry takes about 180 bytes plus its
+path as `publish` writes it, so 32 MiB holds 100,000 files whose paths average up to 150
+characters (typical ones are under 80: 26 MB). The most entries it can hold (~175,000 with
+short paths) parse into about 150 MiB, inside the agent's 256 MiB memory limit."""
+
+INDEX_MAX_BYTES = 4 * MiB
+"""`index.json`'s cap: an entry takes about 180 bytes with a 20-character version name, so
+4 MiB lists ~23,000 versions (one an hour for two and a half years)."""
+
+_SEPARATOR_KEY = "\x00"  # sorts before every character a path may hold (control ones are refused)
 
 
 class ManifestFile(BaseModel):
@@ -59,35 +76,37 @@ class Manifest(BaseModel):
 
     @model_validator(mode="after")
     def _paths_fit_on_disk(self) -> Manifest:
-        """No duplicates, and no file that is also another file's directory."""
-        paths = {entry.path for entry in self.files}
-        if len(paths) != len(self.files):
-            duplicate = next(p for p in paths if sum(f.path == p for f in self.files) > 1)
+        """No duplicates, and no file that is also another file's directory (linear: a set,
+        then one sort, so a hostile 100,000-entry manifest is refused in well under a second)."""
+        duplicate = first_duplicate(f.path for f in self.files)
+        if duplicate is not None:
             raise ValueError(f"file {duplicate!r} is listed twice")
-        for entry in self.files:
-            parts = entry.path.split("/")
-            for depth in range(1, len(parts)):
-                parent = "/".join(parts[:depth])
-                if parent in paths:
-                    raise ValueError(f"{entry.path!r} is inside {parent!r}, which is a file")
+        nested = file_inside_a_file(f.path for f in self.files)
+        if nested is not None:
+            inner, outer = nested
+            raise ValueError(f"{inner!r} is inside {outer!r}, which is a file")
         return self
 
     @property
     def total_size(self) -> int:
         return sum(f.size for f in self.files)
 
+    @cached_property
+    def _by_path(self) -> dict[str, ManifestFile]:
+        return {entry.path: entry for entry in self.files}
+
     def file(self, path: str) -> ManifestFile:
-        for entry in self.files:
-            if entry.path == path:
-                return entry
-        raise KeyError(path)
+        """The entry of `path` (KeyError if none), by a dict built once: callers look up many."""
+        return self._by_path[path]
 
     def to_json(self) -> bytes:
         return self.model_dump_json(by_alias=True, indent=2).encode()
 
     @classmethod
     def from_json(cls, data: bytes | str) -> Manifest:
-        return cls.model_validate_json(data)
+        """Parse a manifest from any reader (L3, a peer, the store); over its cap it is refused
+        before parsing, as a ValidationError like any other invalid manifest."""
+        return cls.model_validate_json(check_size(data, MANIFEST_MAX_BYTES, cls.__name__))
 
 
 class IndexEntry(BaseModel):
@@ -150,4 +169,43 @@ class VersionIndex(BaseModel):
 
     @classmethod
     def from_json(cls, data: bytes | str) -> VersionIndex:
-        return cls.model_validate_json(data)
+        """Parse `index.json`; over its cap it is refused before parsing (a ValidationError)."""
+        return cls.model_validate_json(check_size(data, INDEX_MAX_BYTES, cls.__name__))
+
+
+def check_size(data: bytes | str, cap: int, title: str) -> bytes:
+    """`data` as bytes if it is within `cap`; else a ValidationError naming the size and the cap
+    (never the content), so every caller's `except ValidationError` handles it as it is."""
+    raw = data.encode() if isinstance(data, str) else data
+    if len(raw) <= cap:
+        return raw
+    problem = PydanticCustomError(
+        "too_large",
+        "document of {size} bytes is larger than its cap of {cap} bytes",
+        {"size": f"{len(raw):,}", "cap": f"{cap:,}"},
+    )
+    raise ValidationError.from_exception_data(
+        title, [{"type": problem, "loc": (), "input": f"<{len(raw)} bytes>"}]
+    )
+
+
+def first_duplicate(paths: Iterable[str]) -> str | None:
+    """The first path (in order) seen before; O(n) with a set."""
+    seen: set[str] = set()
+    for path in paths:
+        if path in seen:
+            return path
+        seen.add(path)
+    return None
+
+
+def file_inside_a_file(paths: Iterable[str]) -> tuple[str, str] | None:
+    """(inner, outer) where `outer` is a file and `inner` lies below it, or None. Paths are
+    sorted with '/' as the lowest character: then whatever lies below a path `p` sorts
+    right after `p`, so one comparison of neighbours finds any such pair (O(n log n) in C,
+    and O(total length) in memory, whatever the depth of the paths)."""
+    keys = sorted(path.replace("/", _SEPARATOR_KEY) for path in paths)
+    for outer, inner in itertools.pairwise(keys):
+        if inner.startswith(outer + _SEPARATOR_KEY):
+            return inner.replace(_SEPARATOR_KEY, "/"), outer.replace(_SEPARATOR_KEY, "/")
+    return None

@@ -16,20 +16,38 @@ _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+\-]{0,127}")
 _DNS_LABEL = re.compile(r"[a-z0-9]([a-z0-9\-]{0,61}[a-z0-9])?")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([a-z0-9\-.]{0,251}[a-z0-9])?")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 RESERVED_FILE_NAMES = frozenset({"manifest.json"})
-MAX_PATH_LENGTH = 1024
+MAX_PATH_BYTES = 1024
+"""A file path inside a version, in UTF-8 bytes: with the cache root and
+models/<ns>/<name>/versions/<staging dir>/ in front it stays far below PATH_MAX (4096)."""
+MAX_SEGMENT_BYTES = 200
+"""One file or directory name, in UTF-8 bytes: NAME_MAX (255) less room for the temporary
+names derived from it (`.<name>.link-<8 hex>` when a file is re-linked, `.<name>.<12 hex>.claim`
+in a file:// store: up to 20 bytes more)."""
+
+
+SHOWN_CHARS = 80
+"""How much of a refused name an error quotes: one line, whatever it was given."""
 
 
 class InvalidName(ValueError):  # noqa: N818 - reads as what it is at the raise site
     """A version, model name or file path that would be unsafe or ambiguous as a path."""
 
 
+def _quoted(name: str) -> str:
+    """`name` quoted for an error, cut to SHOWN_CHARS (its length said when cut)."""
+    if len(name) <= SHOWN_CHARS:
+        return repr(name)
+    return f"{name[:SHOWN_CHARS]!r}... ({len(name)} characters)"
+
+
 def check_version(version: str) -> str:
     """A version is one path segment: letters, digits, `.`, `_`, `+`, `-`; never `/` or `..`."""
     if not _VERSION.fullmatch(version) or ".." in version:
         raise InvalidName(
-            f"invalid version {version!r}: use 1-128 of letters, digits, '.', '_', '+', '-', "
-            "starting with a letter or digit, without '/' or '..'"
+            f"invalid version {_quoted(version)}: use 1-128 of letters, digits, '.', '_', '+', "
+            "'-', starting with a letter or digit, without '/' or '..'"
         )
     return version
 
@@ -38,15 +56,17 @@ def check_relative_path(path: str) -> str:
     """A file path inside a version: relative, POSIX, no `..`, `.` or empty segments."""
     problem = _relative_path_problem(path)
     if problem is not None:
-        raise InvalidName(f"invalid file path {path!r} in manifest: {problem}")
+        raise InvalidName(f"invalid file path {_quoted(path)} in manifest: {problem}")
     return path
 
 
 def _relative_path_problem(path: str) -> str | None:
     if not path:
         return "empty"
-    if len(path) > MAX_PATH_LENGTH:
-        return f"longer than {MAX_PATH_LENGTH} characters"
+    if _SURROGATE.search(path):
+        return "not valid UTF-8 (a name the filesystem gave undecodable bytes)"
+    if len(path.encode()) > MAX_PATH_BYTES:
+        return f"longer than {MAX_PATH_BYTES} bytes"
     if _CONTROL.search(path) or "\\" in path:
         return "contains a control character (newline, NUL...) or a backslash"
     if path.startswith("/"):
@@ -54,6 +74,12 @@ def _relative_path_problem(path: str) -> str | None:
     parts = path.split("/")
     if any(part in ("", ".", "..") for part in parts):
         return "'..', '.' and empty segments are not allowed"
+    longest = max(parts, key=lambda part: len(part.encode()))
+    if len(longest.encode()) > MAX_SEGMENT_BYTES:
+        return (
+            f"a name of {len(longest.encode())} bytes: at most {MAX_SEGMENT_BYTES} per name "
+            "(file systems allow 255, and temporary names add to it)"
+        )
     if path in RESERVED_FILE_NAMES:
         return f"{path!r} is reserved for the manifest itself"
     if PurePosixPath(path).as_posix() != path:

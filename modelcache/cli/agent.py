@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import logging
-import signal
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    from modelcache.sources.download import PullOptions
-
+from modelcache.api import DEFAULT_ROOT
 from modelcache.cli.options import (
     CacheRoot,
     Concurrency,
@@ -22,14 +17,6 @@ from modelcache.cli.options import (
     parse_size,
     pull_options,
 )
-
-
-def _stop_on_signals(stop: Callable[[], None]) -> None:
-    def request_stop(signum: int, frame: FrameType | None) -> None:
-        stop()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
 
 
 def agent(
@@ -41,7 +28,7 @@ def agent(
         str | None,
         typer.Option("--node", envvar="NODE_NAME", help="Kubernetes mode: follow NodeCache NODE."),
     ] = None,
-    cache: CacheRoot = Path("/var/lib/modelcache"),
+    cache: CacheRoot = DEFAULT_ROOT,
     kubeconfig: Annotated[
         Path | None, typer.Option("--kubeconfig", envvar="KUBECONFIG", help="Default: in-cluster.")
     ] = None,
@@ -75,92 +62,28 @@ def agent(
     if (config is None) == (node is None):
         raise typer.BadParameter("give exactly one of --config (standalone) or --node (Kubernetes)")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    # The agent's modules load only here: they need the [agent] extra, other commands do not.
     if config is not None:
-        _standalone(config, once=once)
+        from modelcache.agent import run_standalone  # noqa: PLC0415
+
+        if not run_standalone(config, once=once):  # what failed is on the lines above:
+            raise typer.Exit(1)  # cron and init containers see 1
         return
     assert node is not None
-    engine_options = pull_options(concurrency, part_size, max_rate)
+    options = pull_options(concurrency, part_size, max_rate)
     verify_budget = parse_size(verify_rate, "--verify-rate")
-    _kubernetes(
+    from modelcache.agent import Verification, run_kubernetes  # noqa: PLC0415
+
+    run_kubernetes(
         node,
         cache,
-        kubeconfig,
-        metrics_port,
-        metrics_host,
-        status_interval,
-        engine_options,
-        (verify_budget, verify_interval),
+        kubeconfig=kubeconfig,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
+        status_interval=status_interval,
+        options=options,
+        verify=Verification(verify_budget, verify_interval) if verify_budget > 0 else None,
     )
-
-
-def _standalone(config: Path, *, once: bool) -> None:
-    from modelcache.agent.standalone import StandaloneAgent  # noqa: PLC0415 - needs [agent]
-
-    daemon = StandaloneAgent(config)
-    if once:
-        try:
-            done = daemon.run_once()
-        finally:
-            daemon.events.close()
-        if not done:  # what failed is on the lines above; cron and init containers see 1
-            raise typer.Exit(1)
-        return
-    _stop_on_signals(daemon.stop.set)
-    daemon.run()
-
-
-def _kubernetes(
-    node: str,
-    cache: Path,
-    kubeconfig: Path | None,
-    metrics_port: int | None,
-    metrics_host: str,
-    status_interval: float,
-    options: PullOptions,
-    verify: tuple[int, float],
-) -> None:
-    from prometheus_client import start_http_server  # noqa: PLC0415
-
-    from modelcache.agent.engine import CacheEngine  # noqa: PLC0415
-    from modelcache.agent.events import EventLog  # noqa: PLC0415
-    from modelcache.agent.kubeagent import KubeAgent  # noqa: PLC0415
-    from modelcache.agent.kubeapi import KubeClient  # noqa: PLC0415
-    from modelcache.agent.metrics import AgentMetrics  # noqa: PLC0415
-    from modelcache.agent.scrubber import Scrubber  # noqa: PLC0415
-    from modelcache.store import Store  # noqa: PLC0415
-
-    # In-cluster when no kubeconfig is given and KUBERNETES_SERVICE_HOST is set. Not the
-    # `kubernetes` package: ~27 MB more RSS per agent (kubeapi.py).
-    api = KubeClient.from_environment(kubeconfig)
-    metrics = AgentMetrics()
-    events = EventLog(cache / "events.jsonl", stdout=True, node=node)
-    events.subscribe(metrics.observe)
-    engine = CacheEngine(Store(cache), events, options=options)
-    daemon = KubeAgent(api, node, engine, status_interval=status_interval)
-    server = None
-    if metrics_port is not None:
-        server, _ = start_http_server(metrics_port, metrics_host, registry=metrics.registry)
-    scrubber = None
-    verify_budget, verify_interval = verify
-    if verify_budget > 0:
-        scrubber = Scrubber(
-            engine,
-            bytes_per_second=verify_budget,
-            pass_interval=verify_interval,
-            repair=True,
-            stop=daemon.stop,
-        )
-        scrubber.start()
-    _stop_on_signals(daemon.request_stop)
-    try:
-        daemon.run()
-    finally:
-        if scrubber is not None:
-            scrubber.join(timeout=30)
-        if server is not None:
-            server.shutdown()
-        events.close()
-        api.close()
 
 
 def register(app: typer.Typer) -> None:

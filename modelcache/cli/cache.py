@@ -8,9 +8,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from modelcache.api.names import check_version, parse_model_ref
+from modelcache.api import DEFAULT_ROOT, check_version, event_log_path, parse_model_ref
 from modelcache.cli.options import (
     AccessKeyId,
     AccessKeySecret,
@@ -28,13 +29,14 @@ from modelcache.cli.progress import TransferProgress, human_bytes
 
 if TYPE_CHECKING:  # the engine, the store and the L3 clients load only when a command runs
     from modelcache.agent.engine import CacheEngine
-    from modelcache.sources.base import ObjectClient
+    from modelcache.sources import ObjectClient
     from modelcache.store import ModelRef
 
 DEFAULT_CONCURRENCY = 16
 DEFAULT_PART_SIZE = "8M"
 DEFAULT_HIGH_WATERMARK = 0.95
 console = Console()
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 Url = Annotated[str, typer.Argument(help="oss://bucket/prefix, s3://bucket/prefix or a directory.")]
 ModelName = Annotated[str, typer.Argument(help="NAME (namespace default) or NAMESPACE/NAME.")]
@@ -51,7 +53,7 @@ def _model(name: str) -> ModelRef:
 def _client(
     url: str, endpoint: str | None, key_id: str | None, secret: str | None, token: str | None
 ) -> ObjectClient:
-    from modelcache.sources.registry import open_source  # noqa: PLC0415
+    from modelcache.sources import open_source  # noqa: PLC0415
 
     return open_source(url, credentials(endpoint, key_id, secret, token))
 
@@ -73,7 +75,7 @@ def _engine(
     from modelcache.store import Store  # noqa: PLC0415
 
     store = Store(root, high_watermark=high_watermark)
-    events = EventLog(root / "events.jsonl")
+    events = EventLog(event_log_path(root))
     return CacheEngine(
         store,
         events,
@@ -92,16 +94,16 @@ def publish(
     session_token: SessionToken = None,
 ) -> None:
     """Upload DIRECTORY to URL/VERSION/, then its manifest, then the index."""
-    from modelcache.sources import publish as l3  # noqa: PLC0415
+    from modelcache import sources  # noqa: PLC0415
 
     client = _client(url, endpoint, access_key_id, access_key_secret, session_token)
-    total = sum(p.stat().st_size for _, p in l3.scan_directory(directory))
+    total = sum(p.stat().st_size for _, p in sources.scan_directory(directory))
     progress = TransferProgress("publishing")
     progress.start(
-        str(client.url), check_version(version), total, len(l3.scan_directory(directory))
+        str(client.url), check_version(version), total, len(sources.scan_directory(directory))
     )
     try:
-        manifest = l3.publish(client, directory, version, progress=progress.advance)
+        manifest = sources.publish(client, directory, version, progress=progress.advance)
     finally:
         progress.finish()
     console.print(
@@ -135,12 +137,18 @@ def versions(
     session_token: SessionToken = None,
 ) -> None:
     """List the versions published at URL, oldest first (and any still being published)."""
-    from modelcache.sources import publish as l3  # noqa: PLC0415
+    from modelcache.sources import list_versions, rebuild_index  # noqa: PLC0415
 
     client = _client(url, endpoint, access_key_id, access_key_secret, session_token)
     if named and not rebuild:
         raise typer.BadParameter("--version names versions to rebuild from: add --rebuild")
-    index = l3.rebuild_index(client, named or ()) if rebuild else l3.list_versions(client)
+    if rebuild:
+        rebuilt = rebuild_index(client, named or ())
+        index = rebuilt.index
+        for version, reason in rebuilt.skipped:
+            err_console.print(f"[yellow]skipped {version}[/]: {escape(reason)}")
+    else:
+        index = list_versions(client)
     if as_json:
         print(index.model_dump_json(by_alias=True, indent=2))
         return
@@ -169,10 +177,10 @@ def prune(
     session_token: SessionToken = None,
 ) -> None:
     """Delete the oldest versions at URL beyond --keep, except --protect ones."""
-    from modelcache.sources import publish as l3  # noqa: PLC0415
+    from modelcache import sources  # noqa: PLC0415
 
     client = _client(url, endpoint, access_key_id, access_key_secret, session_token)
-    removed = l3.prune(client, keep, set(protect or []))
+    removed = sources.prune(client, keep, set(protect or []))
     console.print(f"deleted {', '.join(removed)}" if removed else "nothing to delete")
 
 
@@ -180,7 +188,7 @@ def pull(
     url: Url,
     name: Annotated[str, typer.Option("--name", help="NAME or NAMESPACE/NAME.")],
     version: Annotated[str, typer.Option("--version", "-v", help="Version to pull.")],
-    cache: CacheRoot = Path("/var/lib/modelcache"),
+    cache: CacheRoot = DEFAULT_ROOT,
     concurrency: Concurrency = DEFAULT_CONCURRENCY,
     part_size: PartSize = DEFAULT_PART_SIZE,
     max_rate: MaxRate = None,
@@ -218,7 +226,7 @@ def use(
     source: Annotated[
         str | None, typer.Option("--source", help="L3 URL, if the node has not pulled from it yet.")
     ] = None,
-    cache: CacheRoot = Path("/var/lib/modelcache"),
+    cache: CacheRoot = DEFAULT_ROOT,
     concurrency: Concurrency = DEFAULT_CONCURRENCY,
     part_size: PartSize = DEFAULT_PART_SIZE,
     max_rate: MaxRate = None,
@@ -239,7 +247,7 @@ def use(
 
 def rollback(
     name: ModelName,
-    cache: CacheRoot = Path("/var/lib/modelcache"),
+    cache: CacheRoot = DEFAULT_ROOT,
     namespace: Annotated[
         str | None,
         typer.Option(
@@ -260,13 +268,13 @@ def rollback(
                 "rollback -n needs the Kubernetes client: pip install 'modelcache[operator]'"
             ) from error
 
-        from modelcache.operator.rollback import rollback as cluster_rollback  # noqa: PLC0415
+        from modelcache.operator import rollback_model_version  # noqa: PLC0415
 
         api = kube_config.new_client_from_config(  # type: ignore[no-untyped-call]
             config_file=str(kubeconfig) if kubeconfig else None
         )
         with api:
-            old, new = cluster_rollback(api, namespace, name)
+            old, new = rollback_model_version(api, namespace, name)
         console.print(f"ModelVersion {namespace}/{name}: spec.version {old} -> {new}")
         return
     engine = _engine(cache)
@@ -275,7 +283,7 @@ def rollback(
     console.print(f"{model}: {previous} -> {new}")
 
 
-def ls(cache: CacheRoot = Path("/var/lib/modelcache"), as_json: AsJson = False) -> None:
+def ls(cache: CacheRoot = DEFAULT_ROOT, as_json: AsJson = False) -> None:
     """List cached models and versions; `*` marks the live one, `<` the rollback target."""
     from modelcache.store import Store  # noqa: PLC0415
 
@@ -321,7 +329,7 @@ def ls(cache: CacheRoot = Path("/var/lib/modelcache"), as_json: AsJson = False) 
 
 
 def gc(
-    cache: CacheRoot = Path("/var/lib/modelcache"),
+    cache: CacheRoot = DEFAULT_ROOT,
     keep: Annotated[
         int | None, typer.Option("--keep", min=1, help="Also keep at most N versions per model.")
     ] = None,
@@ -338,7 +346,7 @@ def gc(
 
 def verify(
     name: Annotated[str | None, typer.Argument(help="Only this model (default: all).")] = None,
-    cache: CacheRoot = Path("/var/lib/modelcache"),
+    cache: CacheRoot = DEFAULT_ROOT,
     repair: Annotated[bool, typer.Option(help="Re-download corrupt files from L3.")] = True,
 ) -> None:
     """Re-hash cached files; repair corrupt ones from L3 when the source is known."""

@@ -12,18 +12,20 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelcache.api.layout import DEFAULT_ROOT
 from modelcache.cli.progress import step_reporter
 
 app = typer.Typer(help="Run the test services locally: kube-apiserver + etcd and an S3 store.")
 
 
 class HarnessMissingError(RuntimeError):
-    """`modelcache dev` was run from an install without the test harness (an image)."""
+    """`modelcache dev` was run from an install without the test harness (a wheel, an image)."""
 
 
 @app.callback()
 def _needs_the_harness() -> None:
-    """The images leave the test harness out; say so instead of a bare import error."""
+    """The wheel and the images leave the test harness out (pyproject.toml's wheel target,
+    .dockerignore); say so in one line instead of a bare import error."""
     try:
         import modelcache.testing  # noqa: F401, PLC0415
     except ModuleNotFoundError as error:
@@ -31,7 +33,7 @@ def _needs_the_harness() -> None:
             raise
         raise HarnessMissingError(
             "`modelcache dev` needs a source checkout (pip install -e '.[dev]'): this "
-            "install has no test harness (modelcache.testing), as in the project's images"
+            "install (a wheel or an image) has no test harness (modelcache.testing)"
         ) from None
 
 
@@ -53,12 +55,17 @@ Cluster = Annotated[
 
 @app.command()
 def build(cluster: Cluster = False) -> None:
-    """Build (or reuse) the pinned kube-apiserver, kubectl, etcd and helm binaries;
-    with --cluster also kubelet & co, CoreDNS and the project's images."""
+    """Build (or reuse) the pinned kube-apiserver, kubectl, etcd, helm, promtool, kstatus and
+    Argo CD health-check binaries; with --cluster also kubelet & co, CoreDNS and the images."""
+    from modelcache.testing.gitops import ensure_kstatus, ensure_luahealth  # noqa: PLC0415
+    from modelcache.testing.promtool import ensure_promtool  # noqa: PLC0415
     from modelcache.testing.toolchain import ensure_toolchain  # noqa: PLC0415 - dev-only deps
 
     with step_reporter("preparing the test toolchain") as report:
         paths = ensure_toolchain(report).as_dict()
+        paths["promtool"] = str(ensure_promtool(report))
+        paths["kstatus"] = str(ensure_kstatus(report))
+        paths["luahealth"] = str(ensure_luahealth(report))
     if cluster:
         from modelcache.testing.hostprep import (  # noqa: PLC0415
             cluster_unavailable,
@@ -113,7 +120,7 @@ def up(
     console.print(f"  OSS endpoint    {state.s3_endpoint}  (OSS_ENDPOINT; anonymous, path-style)")
     console.print(f"  bucket          {state.bucket}")
     for name, hostpath in (state.nodes or {}).items():
-        console.print(f"  {name:15} /var/lib/modelcache is {hostpath}")
+        console.print(f"  {name:15} {DEFAULT_ROOT} is {hostpath}")
     console.print(f"  log             {state.log}")
     console.print("stop with: modelcache dev down")
 

@@ -8,19 +8,18 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from modelcache.sources.base import Credentials
+from modelcache.api import DEFAULT_ROOT, ROOT_ENV, SecretInURL, check_url
+from modelcache.sources import Credentials
 
 if TYPE_CHECKING:
-    from modelcache.sources.download import PullOptions
-
-DEFAULT_ROOT = Path("/var/lib/modelcache")
+    from modelcache.sources import PullOptions
 
 CacheRoot = Annotated[
     Path,
     typer.Option(
         "--cache",
-        envvar="MODELCACHE_ROOT",
-        help="Node cache root (L2). Default $MODELCACHE_ROOT, else /var/lib/modelcache.",
+        envvar=ROOT_ENV,
+        help=f"Node cache root (L2). Default ${ROOT_ENV}, else {DEFAULT_ROOT}.",
     ),
 ]
 HighWatermark = Annotated[
@@ -33,10 +32,25 @@ HighWatermark = Annotated[
         help="Refuse a pull that would fill the cache's disk beyond this fraction.",
     ),
 ]
+
+
+def _checked_endpoint(value: str | None) -> str | None:
+    """--endpoint refused at once, redacted, when it carries credentials or a query."""
+    if not value:
+        return value
+    try:
+        return check_url(value, "")  # click names the option: "Invalid value for '--endpoint'"
+    except SecretInURL as error:
+        raise typer.BadParameter(str(error)) from None
+
+
 Endpoint = Annotated[
     str | None,
     typer.Option(
-        "--endpoint", help="OSS/S3 endpoint URL (default: OSS_ENDPOINT / AWS_ENDPOINT_URL)."
+        "--endpoint",
+        help="OSS/S3 endpoint URL (default: OSS_ENDPOINT / AWS_ENDPOINT_URL); "
+        "no user:password@ or query: keys go in the access-key options.",
+        callback=_checked_endpoint,
     ),
 ]
 AccessKeyId = Annotated[str | None, typer.Option("--access-key-id", help="Access key id.")]
@@ -77,7 +91,7 @@ def credentials(
 
 
 def pull_options(concurrency: int, part_size: str, max_rate: str | None) -> PullOptions:
-    from modelcache.sources.download import PullOptions  # noqa: PLC0415 - loads the L3 clients
+    from modelcache.sources import PullOptions  # noqa: PLC0415 - loads the downloader
 
     defaults = PullOptions()
     return PullOptions(

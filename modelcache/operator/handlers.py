@@ -18,7 +18,7 @@ import kopf
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelcache.api.k8s import GROUP, VERSION
+from modelcache.api.k8s import GROUP, MODEL_VERSIONS, NODE_CACHES, VERSION
 from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.kubeclient import kube_configuration
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
@@ -61,7 +61,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     memo.node_selection = NodeSelectionMemory()
 
 
-@kopf.index(GROUP, VERSION, "nodecaches")
+@kopf.index(GROUP, VERSION, NODE_CACHES)
 def node_caches(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     """Every NodeCache as last watched; a deep copy, so a snapshot never changes under a thread."""
     return {name: copy.deepcopy(dict(body))}
@@ -79,7 +79,7 @@ def node_ready(name: str, status: kopf.Status, **_: Any) -> dict[str, bool]:
     return {name: node_is_ready(status)}
 
 
-@kopf.daemon(GROUP, VERSION, "modelversions", cancellation_timeout=10.0)
+@kopf.daemon(GROUP, VERSION, MODEL_VERSIONS, cancellation_timeout=10.0)
 async def rollout(
     stopped: kopf.DaemonStopped,
     namespace: str | None,
@@ -130,12 +130,12 @@ def waiting_interval(deadline_seconds: float | None) -> float:
     return min(SETTLED_INTERVAL, max(deadline_seconds + 0.5, ACTIVE_INTERVAL))
 
 
-@kopf.on.event(GROUP, VERSION, "modelversions")
+@kopf.on.event(GROUP, VERSION, MODEL_VERSIONS)
 async def model_version_changed(namespace: str | None, name: str, memo: Any, **_: Any) -> None:
     memo.wakeups.wake(namespace or "default", name)
 
 
-@kopf.on.event(GROUP, VERSION, "nodecaches")
+@kopf.on.event(GROUP, VERSION, NODE_CACHES)
 async def node_cache_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
     for model in (body.get("spec") or {}).get("models") or []:
         memo.wakeups.wake(model.get("namespace", ""), model.get("name", ""))
@@ -153,7 +153,7 @@ async def node_changed(
         memo.wakeups.wake_all()
 
 
-@kopf.on.delete(GROUP, VERSION, "modelversions")
+@kopf.on.delete(GROUP, VERSION, MODEL_VERSIONS)
 async def model_version_deleted(
     namespace: str | None, name: str, memo: Any, logger: Logger, **_: Any
 ) -> None:

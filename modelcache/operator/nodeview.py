@@ -10,8 +10,7 @@ from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 from dataclasses import replace
 
-from modelcache.api.modelversion import ModelVersionSpec
-from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus, NodeModel
+from modelcache.api import ModelVersionSpec, NodeCacheSpec, NodeCacheStatus, NodeModel
 from modelcache.operator.planner import Assignment, NodeObservation
 
 

@@ -17,13 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from modelcache.api.modelversion import (
-    ModelVersionSpec,
-    NodeFailure,
-    Phase,
-    RolloutState,
-    VersionCount,
-)
+from modelcache.api import ModelVersionSpec, NodeFailure, Phase, RolloutState, VersionCount
 
 
 @dataclass(frozen=True)

@@ -20,22 +20,28 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelcache.api.k8s import API_VERSION, GROUP, VERSION, Condition
-from modelcache.api.modelversion import (
+from modelcache.api import (
+    API_VERSION,
+    GROUP,
+    MODEL_VERSION_KIND,
+    MODEL_VERSIONS,
+    NODE_CACHE_KIND,
+    NODE_CACHES,
+    VERSION,
+    Condition,
     HistoryEntry,
     ModelVersionSpec,
     ModelVersionStatus,
+    NodeCacheSpec,
+    NodeCacheStatus,
     RolloutState,
 )
-from modelcache.api.nodecache import NodeCacheSpec, NodeCacheStatus
 from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
 from modelcache.operator.planner import Plan, PlanEvent, next_deadline, plan_rollout
 
 log = logging.getLogger(__name__)
 
-MODEL_VERSIONS = "modelversions"
-NODE_CACHES = "nodecaches"
 HISTORY_LIMIT = 20
 WRITE_CONCURRENCY = 16  # NodeCache writes in flight per reconcile: a 500-node flip is not serial
 COMPONENT = "modelcache-operator"
@@ -214,7 +220,7 @@ class Reconciler:
                         NODE_CACHES,
                         {
                             "apiVersion": API_VERSION,
-                            "kind": "NodeCache",
+                            "kind": NODE_CACHE_KIND,
                             "metadata": {"name": node},
                             "spec": spec.to_wire(),
                         },
@@ -299,7 +305,7 @@ class Reconciler:
                     metadata=client.V1ObjectMeta(name=f"{meta['name']}.{uuid.uuid4().hex[:12]}"),
                     involved_object=client.V1ObjectReference(
                         api_version=API_VERSION,
-                        kind="ModelVersion",
+                        kind=MODEL_VERSION_KIND,
                         name=meta["name"],
                         namespace=meta["namespace"],
                         uid=meta["uid"],
@@ -331,27 +337,35 @@ def _has_entry(cache: dict[str, Any], namespace: str, name: str) -> bool:
 def _conditions(
     old: list[Condition], plan: Plan, now: dt.datetime, generation: int | None
 ) -> list[Condition]:
+    """The operator's own conditions, then kstatus' Ready / Reconciling / Stalled (what
+    Flux, `kubectl wait --for=condition=Ready` and the Argo CD health check read)."""
     rollout: RolloutState = plan.rollout
     target_counts = next((c for c in plan.counts if c.version == rollout.target), None)
     cached = target_counts.cached if target_counts else 0
-    wanted = {
+    failures = "; ".join(f"{f.node}: {f.reason}" for f in rollout.failed)
+    true_reason = rollout.phase
+    wanted: dict[str, tuple[bool, str, str]] = {
         "Prefetched": (
             cached == plan.total and plan.total > 0,
+            true_reason,
             f"{cached}/{plan.total} nodes hold {rollout.target}",
         ),
-        "Available": (plan.phase == "Available", f"{plan.ready} nodes serve {rollout.target}"),
+        "Available": (
+            plan.phase == "Available",
+            true_reason,
+            f"{plan.ready} nodes serve {rollout.target}",
+        ),
         "Progressing": (
             rollout.phase in ("Prefetching", "Canary", "Waves"),
+            true_reason,
             f"rollout of {rollout.target}: {rollout.phase}",
         ),
-        "Degraded": (
-            plan.phase == "Degraded",
-            "; ".join(f"{f.node}: {f.reason}" for f in rollout.failed) or "no failures",
-        ),
+        "Degraded": (plan.phase == "Degraded", true_reason, failures or "no failures"),
+        **_gitops_conditions(plan, failures),
     }
     previous = {c.type: c for c in old}
     out = []
-    for kind, (true, message) in wanted.items():
+    for kind, (true, reason, message) in wanted.items():
         status = "True" if true else "False"
         before = previous.get(kind)
         changed = before is None or before.status != status
@@ -359,10 +373,50 @@ def _conditions(
             Condition(
                 type=kind,
                 status=status,
-                reason=rollout.phase if true else "AsExpected",
+                reason=reason if true else _false_reason(kind, plan),
                 message=message,
                 last_transition_time=now if changed else before.last_transition_time,  # type: ignore[union-attr]
                 observed_generation=generation,
             )
         )
     return out
+
+
+def _gitops_conditions(plan: Plan, failures: str) -> dict[str, tuple[bool, str, str]]:
+    """kstatus' conventions: Ready when Available; Stalled when the rollout failed (the
+    operator will not get further without a new spec); Reconciling in every other state,
+    so no state reads as settled-and-healthy unless it is."""
+    rollout = plan.rollout
+    serving = f"{plan.ready} nodes serve {rollout.target}"
+    stalled = plan.phase == "Degraded"
+    if rollout.phase != "Failed":
+        stall_reason = "NodesFailed"  # complete within the failure threshold, not everywhere
+        stall_message = f"{rollout.target} failed on some nodes: {failures}"
+    elif rollout.stable:
+        stall_reason = "RolloutReverted"
+        stall_message = f"{rollout.target} stopped, flipped back to {rollout.stable}: {failures}"
+    else:
+        stall_reason = "RolloutFailed"
+        stall_message = f"{rollout.target} stopped: {failures}"
+    if plan.total == 0:
+        reconcile_reason, reconcile_message = "NoNodesSelected", "no node matches nodeSelector"
+    elif rollout.phase in ("Prefetching", "Canary", "Waves"):
+        reconcile_reason = rollout.phase
+        reconcile_message = f"rollout of {rollout.target}: {rollout.phase}, {serving}"
+    else:
+        reconcile_reason, reconcile_message = plan.phase, f"waiting for nodes: {serving}"
+    reconciling = plan.phase != "Available" and not stalled
+    return {
+        "Ready": (plan.phase == "Available", "Available", serving),
+        "Reconciling": (
+            reconciling,
+            reconcile_reason,
+            reconcile_message if reconciling else serving,
+        ),
+        "Stalled": (stalled, stall_reason, stall_message if stalled else "no failures"),
+    }
+
+
+def _false_reason(kind: str, plan: Plan) -> str:
+    """Ready=False says why in its reason (the phase), as `kubectl wait` users read it."""
+    return plan.phase if kind == "Ready" else "AsExpected"

@@ -11,8 +11,7 @@ from typing import Any, cast
 
 from kubernetes import client
 
-from modelcache.api.k8s import GROUP, VERSION
-from modelcache.api.modelversion import HistoryEntry, ModelVersionStatus
+from modelcache.api import GROUP, MODEL_VERSIONS, VERSION, HistoryEntry, ModelVersionStatus
 
 
 class NoRollbackTarget(LookupError):  # noqa: N818 - reads as what it is
@@ -27,12 +26,12 @@ def previous_version(history: Sequence[HistoryEntry], current: str) -> str:
     raise NoRollbackTarget(f"no version before {current} in the history")
 
 
-def rollback(api: client.ApiClient, namespace: str, name: str) -> tuple[str, str]:
+def rollback_model_version(api: client.ApiClient, namespace: str, name: str) -> tuple[str, str]:
     """Patch spec.version to the previous version; returns (from, to)."""
     custom = client.CustomObjectsApi(api)
     body = cast(
         dict[str, Any],
-        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modelversions", name),
+        custom.get_namespaced_custom_object(GROUP, VERSION, namespace, MODEL_VERSIONS, name),
     )
     current = str(body["spec"]["version"])
     status = ModelVersionStatus.model_validate(body.get("status") or {})
@@ -43,6 +42,6 @@ def rollback(api: client.ApiClient, namespace: str, name: str) -> tuple[str, str
             f"ModelVersion {namespace}/{name} has no earlier live version than {current}"
         ) from None
     custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "modelversions", name, {"spec": {"version": target}}
+        GROUP, VERSION, namespace, MODEL_VERSIONS, name, {"spec": {"version": target}}
     )
     return current, target

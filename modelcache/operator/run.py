@@ -7,7 +7,6 @@ import logging
 import os
 import secrets
 import threading
-from pathlib import Path
 
 import kopf
 from kubernetes import client
@@ -38,7 +37,7 @@ def ensure_peering(api: client.ApiClient, name: str) -> None:
 
 def run_operator(
     *,
-    kubeconfig: Path | None = None,
+    kubeconfig: str | os.PathLike[str] | None = None,
     peering: str | None = "modelcache",
     priority: int | None = None,
     peering_lifetime: int = 60,

@@ -30,17 +30,18 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from modelcache.api.problems import one_line
-from modelcache.api.reload import ReloadAnswer, ReloadRequest
+from modelcache.api import ReloadAnswer, ReloadRequest
+from modelcache.problems import one_line
 from modelcache.runtime.errors import SwapRefused, TornWeightsError
-from modelcache.runtime.httpserver import (
-    IDLE_TIMEOUT_S,
+from modelcache.runtime.runtime import LoraRuntime
+from modelcache.serving import (
+    HEADER_TIMEOUT_S,
     MAX_BODY,
     MAX_CONNECTIONS,
+    REQUEST_TIMEOUT_S,
     BoundedHandler,
     BoundedHTTPServer,
 )
-from modelcache.runtime.runtime import LoraRuntime
 
 RELOAD_PATH = "/modelcache/reload"
 STATUS_PATH = "/modelcache/status"
@@ -55,8 +56,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
 def _refusal(reason: str, *, kind: str | None = None, live: str | None = None) -> dict[str, Any]:
-    answer = ReloadAnswer(ok=False, reason=reason, kind=kind, live_version=live)
-    return answer.model_dump(exclude_none=True) | {"live_version": live}
+    return ReloadAnswer.refused(reason, kind=kind, live=live).to_wire()
 
 
 class _Bucket:
@@ -121,7 +121,7 @@ class ReloadService:
         if result.version != call.version:
             reason = f"`current` names {result.version!r}, not {call.version!r}: that is live"
             return 409, _refusal(reason, kind="current", live=result.version)
-        return 200, result.to_json()
+        return 200, result.answer().to_wire()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -162,7 +162,7 @@ class _Handler(BoundedHandler):
 
 class ReloadServer(BoundedHTTPServer):
     """`with ReloadServer(service, port=8000) as server:` serves on a daemon thread; bounded
-    (connections, idle time, body size: httpserver.py)."""
+    (connections, time to send a whole request, body size: modelcache/serving/httpserver.py)."""
 
     def __init__(
         self,
@@ -172,10 +172,15 @@ class ReloadServer(BoundedHTTPServer):
         port: int = 8000,
         reload_path: str = RELOAD_PATH,
         max_connections: int = MAX_CONNECTIONS,
-        idle_timeout: float = IDLE_TIMEOUT_S,
+        header_timeout: float = HEADER_TIMEOUT_S,
+        request_timeout: float = REQUEST_TIMEOUT_S,
     ) -> None:
         super().__init__(
-            (host, port), _Handler, max_connections=max_connections, idle_timeout=idle_timeout
+            (host, port),
+            _Handler,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            request_timeout=request_timeout,
         )
         self.service = service
         self.reload_path = reload_path

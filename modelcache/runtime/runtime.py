@@ -10,6 +10,7 @@ live weights and version as they were. Swaps are serialised: one mirror, one wri
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
@@ -21,9 +22,11 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 from torch import nn
 
+from modelcache.api import ReloadAnswer
 from modelcache.runtime.bindings import LayerBinding
 from modelcache.runtime.controller import SwapController
 from modelcache.runtime.errors import SwapRefused, TornWeightsError
+from modelcache.runtime.events import Loaded, Refused, Torn
 from modelcache.runtime.metrics import RuntimeMetrics
 from modelcache.runtime.plan import AdapterPlan, KeyMap, make_plan, peft_keys
 from modelcache.runtime.safetensors_format import read_header
@@ -40,15 +43,19 @@ from modelcache.runtime.staging import Staging
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+StrPath = str | os.PathLike[str]
+"""A path as callers hold it: a str or a `Path`; made a `Path` on entry."""
+
+
+@dataclass(frozen=True, init=False)
 class RuntimeConfig:
     """How a runtime finds and checks its adapter.
 
     `model` is the name the agent uses in reload calls ("<namespace>/<name>");
     `adapter_file` the weights' path in the version (None: the one .safetensors listed);
-    `root` is the node's cache (the hostPath, mounted read-only): a reload call loads what
-    its `current` names for `model`, never a caller's path; a reload endpoint requires it
-    (None: only in-process `swap` calls, e.g. tests)."""
+    `root` is the node's cache (the hostPath, mounted read-only; a str or a path): a
+    reload call loads what its `current` names for `model`, never a caller's path; a
+    reload endpoint requires it (None: only in-process `swap` calls, e.g. tests)."""
 
     model: str
     adapter_file: str | None = None
@@ -57,6 +64,31 @@ class RuntimeConfig:
     drain_timeout_s: float = 120.0
     pin_memory: bool | None = None  # None: pin when the slots are on a GPU
     key_map: KeyMap = field(default=peft_keys)
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        adapter_file: str | None = None,
+        config_file: str = ADAPTER_CONFIG,
+        root: StrPath | None = None,
+        drain_timeout_s: float = 120.0,
+        pin_memory: bool | None = None,
+        key_map: KeyMap = peft_keys,
+    ) -> None:
+        """Written out so that `root` takes a str as well as a path (the dataclass's own
+        `__init__` would keep a str, and every reload would fail on it)."""
+        fields = {
+            "model": model,
+            "adapter_file": adapter_file,
+            "config_file": config_file,
+            "root": None if root is None else Path(root),
+            "drain_timeout_s": drain_timeout_s,
+            "pin_memory": pin_memory,
+            "key_map": key_map,
+        }
+        for name, value in fields.items():
+            object.__setattr__(self, name, value)
 
 
 @dataclass(frozen=True)
@@ -69,17 +101,18 @@ class SwapResult:
     timings: dict[str, float]
     unchanged: bool = False
 
-    def to_json(self) -> dict[str, object]:
-        return {
-            "ok": True,
-            "model": self.model,
-            "live_version": self.version,
-            "previous_version": self.previous,
-            "path": str(self.path),
-            "bytes": self.bytes,
-            "unchanged": self.unchanged,
-            "timings": self.timings,
-        }
+    def answer(self) -> ReloadAnswer:
+        """The reload call's answer: this version is live."""
+        return ReloadAnswer(
+            ok=True,
+            model=self.model,
+            live_version=self.version,
+            previous_version=self.previous,
+            path=str(self.path),
+            bytes=self.bytes,
+            unchanged=self.unchanged,
+            timings=self.timings,
+        )
 
 
 class LoraRuntime:
@@ -162,8 +195,9 @@ class LoraRuntime:
             with self._in_flight.track_inprogress():
                 yield version
 
-    def swap(self, version: str, path: Path) -> SwapResult:
-        """Make `version` (the directory `path`) live, or raise SwapRefused and change nothing.
+    def swap(self, version: str, path: StrPath) -> SwapResult:
+        """Make `version` (the directory `path`, a str or a path) live, or raise SwapRefused
+        and change nothing.
 
         TornWeightsError if the copy itself failed partway (see `SwapController.exclusive`)."""
         try:
@@ -172,32 +206,31 @@ class LoraRuntime:
         except TornWeightsError as torn:
             self.metrics.failures.labels(self.name, "torn").inc()
             self.metrics.set_live(self.name, None)
-            log.error("L1_TORN: %s %s: %s", self.name, version, torn)
+            Torn(model=self.name, version=version, error=str(torn)).log(log)
             raise
         except SwapRefused as refusal:
             self.metrics.failures.labels(self.name, refusal.kind).inc()
-            log.warning(
-                "L1_REFUSED: %s %s: %s (live stays %s)",
-                self.name,
-                version,
-                refusal.reason,
-                self.live_version,
-            )
+            Refused(
+                model=self.name,
+                version=version,
+                refusal=refusal.kind,
+                reason=refusal.reason,
+                live_version=self.live_version,
+            ).log(log)
             raise
         if not result.unchanged:
             self.metrics.swaps.labels(self.name).inc()
             for phase, seconds in result.timings.items():
                 self.metrics.seconds.labels(self.name, phase.removesuffix("_s")).observe(seconds)
             self.metrics.set_live(self.name, version)
-            log.info(
-                "L1_LOAD: %s %s loaded to %s (%.1f MB) in %.3fs, swap %.3fs",
-                self.name,
-                version,
-                self.slots.device,
-                result.bytes / 1e6,
-                result.timings["total_s"],
-                result.timings["swap_s"],
-            )
+            Loaded(
+                model=self.name,
+                version=version,
+                device=str(self.slots.device),
+                bytes=result.bytes,
+                seconds=result.timings["total_s"],
+                swap_seconds=result.timings["swap_s"],
+            ).log(log)
         return result
 
     def reload_current(self) -> SwapResult:

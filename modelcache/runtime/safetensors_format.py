@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import json
 import math
+import os
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -166,9 +167,12 @@ def byte_view(tensor: torch.Tensor) -> memoryview:
 
 
 def write_safetensors(
-    path: Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+    path: str | os.PathLike[str],
+    tensors: Mapping[str, torch.Tensor],
+    metadata: Mapping[str, str] | None = None,
 ) -> None:
-    """Write a safetensors file (tensors ordered as safetensors does: wider dtypes, then name)."""
+    """Write a safetensors file at `path` (a str or a path), tensors ordered as safetensors
+    does: wider dtypes, then name."""
     ordered = sorted(tensors.items(), key=lambda kv: (-kv[1].element_size(), kv[0]))
     header: dict[str, object] = {}
     if metadata:
@@ -187,7 +191,7 @@ def write_safetensors(
         blobs.append(raw)
     text = json.dumps(header, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
-    with path.open("wb") as handle:
+    with Path(path).open("wb") as handle:
         handle.write(struct.pack("<Q", len(text)))
         handle.write(text)
         for raw in blobs:

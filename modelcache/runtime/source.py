@@ -14,15 +14,22 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pydantic import ValidationError
 
-from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
-from modelcache.api.names import InvalidName, ModelRef, check_version
+from modelcache.api import (
+    MANIFEST_MAX_BYTES,
+    MANIFEST_NAME,
+    InvalidName,
+    Manifest,
+    ManifestFile,
+    ModelRef,
+)
+from modelcache.fs import FileRefused, StreamHasher, read_capped
+from modelcache.problems import one_line
 from modelcache.runtime.errors import RefusalKind, SwapRefused
-from modelcache.sources.checksum import StreamHasher
-from modelcache.store.layout import VERSIONS, Layout
+from modelcache.store import Layout, pointers
 
 ADAPTER_CONFIG = "adapter_config.json"
 
@@ -36,7 +43,7 @@ class VersionFiles:
     config: bytes | None  # the verified adapter_config.json, when the version has one
 
 
-def current_directory(root: Path, model: str) -> tuple[str, Path]:
+def current_directory(root: str | os.PathLike[str], model: str) -> tuple[str, Path]:
     """The version the node's `current` link names for `model`, and its directory under
     `root`: the only thing a reload may load. SwapRefused when there is none or the link
     is not the store's own `versions/<version>`."""
@@ -44,21 +51,13 @@ def current_directory(root: Path, model: str) -> tuple[str, Path]:
         ref = ModelRef.parse(model)
     except (InvalidName, ValueError) as error:
         raise SwapRefused("current", f"model {model!r}: {error}") from None
-    layout = Layout(root)
+    layout = Layout(Path(root))
     link = layout.current_link(ref)
-    try:
-        target = os.readlink(link)
-    except FileNotFoundError:
-        raise SwapRefused("current", f"{link} does not exist: no version is live yet") from None
-    except OSError as error:
-        raise SwapRefused("current", f"{link} is not a symlink ({error.strerror})") from None
-    parts = PurePosixPath(target).parts
-    if len(parts) != 2 or parts[0] != VERSIONS:
-        raise SwapRefused("current", f"{link} -> {target!r}: not versions/<version>")
-    try:
-        version = check_version(parts[1])
-    except InvalidName as error:
-        raise SwapRefused("current", f"{link} -> {target!r}: {error}") from None
+    version = pointers.read(link)  # the store's own reader: versions/<a valid version>, or None
+    if version is None:
+        if not os.path.lexists(link):
+            raise SwapRefused("current", f"{link} does not exist: no version is live yet")
+        raise SwapRefused("current", f"{link} is not the store's link to versions/<version>")
     directory = layout.version_dir(ref, version)
     try:
         mode = os.lstat(directory).st_mode
@@ -82,12 +81,12 @@ def _regular(path: Path, directory: Path, kind: RefusalKind = "file") -> None:
 
 
 def open_version(
-    path: Path,
+    path: str | os.PathLike[str],
     *,
     version: str,
     adapter_file: str | None = None,
     config_file: str = ADAPTER_CONFIG,
-    root: Path | None = None,
+    root: str | os.PathLike[str] | None = None,
 ) -> VersionFiles:
     """Resolve and check a version directory; raises SwapRefused naming what is wrong."""
     try:
@@ -123,7 +122,9 @@ def _manifest(directory: Path) -> Manifest:
     where = directory / MANIFEST_NAME
     _regular(where, directory, "manifest")
     try:
-        return Manifest.from_json(where.read_bytes())
+        return Manifest.from_json(read_capped(where, MANIFEST_MAX_BYTES, what="manifest"))
+    except FileRefused as error:
+        raise SwapRefused("manifest", one_line(error)) from None
     except OSError as error:
         raise SwapRefused("manifest", f"cannot read {where}: {error.strerror}") from None
     except ValidationError as error:

@@ -17,11 +17,11 @@ from typing import BinaryIO
 
 import torch
 
+from modelcache.fs import Digest, StreamHasher
 from modelcache.runtime.errors import SwapRefused
 from modelcache.runtime.plan import AdapterPlan, LayerPlan
 from modelcache.runtime.safetensors_format import Header, byte_view
 from modelcache.runtime.slots import SlotLayout
-from modelcache.sources.checksum import Digest, StreamHasher
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from modelcache.runtime.errors import SwapRefused
-from modelcache.runtime.runtime import LoraRuntime, SwapResult
+from modelcache.runtime.runtime import LoraRuntime, StrPath, SwapResult
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,12 @@ class CurrentWatcher:
     """Polls `current` every `interval_s` on a daemon thread; `check()` does one poll."""
 
     def __init__(
-        self, runtime: LoraRuntime, current: Path, *, interval_s: float = 1.0, retry_s: float = 60.0
+        self,
+        runtime: LoraRuntime,
+        current: StrPath,
+        *,
+        interval_s: float = 1.0,
+        retry_s: float = 60.0,
     ) -> None:
         self.runtime = runtime
         self.current = Path(current)
@@ -77,9 +82,10 @@ class CurrentWatcher:
 
 
 def watch_current(
-    runtime: LoraRuntime, current: Path, *, interval_s: float = 1.0, retry_s: float = 60.0
+    runtime: LoraRuntime, current: StrPath, *, interval_s: float = 1.0, retry_s: float = 60.0
 ) -> CurrentWatcher:
-    """Swap to the version `current` names now (if any), then keep following it."""
+    """Swap to the version `current` (a str or a path) names now (if any), then keep
+    following it."""
     watcher = CurrentWatcher(runtime, current, interval_s=interval_s, retry_s=retry_s)
     watcher.check()
     return watcher.start()

@@ -11,14 +11,21 @@ from __future__ import annotations
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from modelcache.api.manifest import MANIFEST_MAX_BYTES
+from modelcache.api.urls import SecretInURL, check_url, redact_url
 
 Progress = Callable[[int], None]
 """Called with a number of bytes just transferred."""
 
 SCHEMES = ("oss", "s3", "file", "http", "https")
+SOURCE_ADVICE = (
+    "credentials go in a Secret or the environment (a literal '@' in an http(s) path is "
+    "written %40; a directory is given as its plain path)"
+)
 
 
 class SourceError(Exception):
@@ -45,6 +52,34 @@ class SourceReadOnly(SourceError):  # noqa: N818
     """The source cannot be written (http(s)://)."""
 
 
+class ObjectTooLarge(SourceError):  # noqa: N818
+    """A small object (manifest, index) is over the cap its reader gave: refused unread."""
+
+
+DOCUMENT_LIMIT = MANIFEST_MAX_BYTES
+"""`get_bytes`'s default cap: the largest document read whole (a manifest); see api.manifest."""
+
+
+def read_within(chunks: Iterator[bytes], limit: int, where: str, size: int | None = None) -> bytes:
+    """Join `chunks` but read no more than `limit` + 1 bytes: ObjectTooLarge past `limit`.
+    `size` is what the response announced (Content-Length), refused before a byte is read."""
+    if size is not None and size > limit:
+        raise ObjectTooLarge(too_large(where, limit, size))
+    held: list[bytes] = []
+    total = 0
+    for chunk in chunks:
+        held.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise ObjectTooLarge(too_large(where, limit, None))
+    return b"".join(held)
+
+
+def too_large(where: str, limit: int, size: int | None) -> str:
+    held = f" ({size:,} bytes)" if size is not None else ""
+    return f"{where} is larger than its cap of {limit:,} bytes{held}: refused unread"
+
+
 @dataclass(frozen=True)
 class SourceURL:
     """A parsed model location. `bucket` is empty for file:// and http(s)://."""
@@ -69,15 +104,12 @@ def parse_source_url(url: str) -> SourceURL:
         raise InvalidSourceURL("empty source URL")
     if "://" not in url:
         return SourceURL("file", "", str(Path(url).expanduser().resolve()), url)
+    try:  # user:password@, ?token=...: never echoed, never stored
+        check_url(url, "source URL", SOURCE_ADVICE)
+    except SecretInURL as error:
+        raise InvalidSourceURL(str(error)) from None
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
-    if "@" in parts.netloc:  # user[:password]@host: never echoed, never stored
-        host = parts.netloc.rpartition("@")[2]
-        raise InvalidSourceURL(
-            f"{parts.scheme}://***@{host}{parts.path}: credentials in a URL are refused "
-            "(they would be written to logs, events and the recorded source); use a Secret "
-            "or environment variables"
-        )
     if scheme not in SCHEMES:
         raise InvalidSourceURL(
             f"unknown URL scheme {parts.scheme!r} in {url!r}: use oss://, s3://, file://, "
@@ -109,17 +141,20 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class Credentials:
-    """Explicit endpoint and keys (flags); None fields fall back to the environment."""
+    """Explicit endpoint and keys (flags, a Secret); None fields fall back to the environment.
+    `endpoint_origin` names where the endpoint came from, for the error that refuses it."""
 
     endpoint: str | None = None
     access_key_id: str | None = None
     access_key_secret: str | None = None
     session_token: str | None = None
     region: str | None = None
+    endpoint_origin: str = field(default="--endpoint", compare=False)
 
     def __repr__(self) -> str:  # never print secrets, not even in a traceback
         key = "set" if self.access_key_id else "unset"
-        return f"Credentials(endpoint={self.endpoint!r}, access_key_id=<{key}>)"
+        shown = redact_url(self.endpoint) if self.endpoint is not None else None
+        return f"Credentials(endpoint={shown!r}, access_key_id=<{key}>)"
 
 
 def env_first(*names: str) -> str | None:
@@ -129,6 +164,23 @@ def env_first(*names: str) -> str | None:
         if value:
             return value
     return None
+
+
+def resolve_endpoint(credentials: Credentials | None, *env_names: str) -> str | None:
+    """The endpoint of the flags or Secret, else of the first set variable of `env_names`;
+    InvalidSourceURL naming which one when it carries credentials or a query (`check_url`)."""
+    value: str | None
+    if credentials is not None and credentials.endpoint:
+        value, origin = credentials.endpoint, credentials.endpoint_origin
+    else:
+        origin = next((name for name in env_names if os.environ.get(name)), "")
+        value = os.environ.get(origin) if origin else None
+    if not value:
+        return None
+    try:
+        return check_url(value, origin)
+    except SecretInURL as error:
+        raise InvalidSourceURL(str(error)) from None
 
 
 class ObjectClient(ABC):
@@ -153,8 +205,9 @@ class ObjectClient(ABC):
         if the object is no longer that version (If-Match, and the response's ETag)."""
 
     @abstractmethod
-    def get_bytes(self, key: str) -> bytes:
-        """A whole small object (a manifest, the index); raises ObjectNotFound."""
+    def get_bytes(self, key: str, *, limit: int = DOCUMENT_LIMIT) -> bytes:
+        """A whole small object (a manifest, the index); raises ObjectNotFound, and
+        ObjectTooLarge past `limit` bytes, having read at most `limit` + 1 of them."""
 
     @abstractmethod
     def put_bytes(self, key: str, data: bytes) -> None:

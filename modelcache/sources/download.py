@@ -2,11 +2,12 @@
 
 One file is cut into parts; worker threads fetch parts with ranged GETs pinned
 to the ETag that HEAD saw and `pwrite` them at their offsets into one shared fd.
-A resume record beside the partial file (`<dest>.resume.json`) claims finished
-parts, but only after an fsync of the data: a SIGKILL at any instant leaves a
+A resume record beside the partial file (`<dest>.resume.json`, see `resume`) claims
+finished parts, but only after an fsync of the data: a SIGKILL at any instant leaves a
 record that never claims bytes the disk may not hold. Bytes of two versions of
 an object are never mixed: a changed ETag discards everything and starts over.
-The finished file is hashed once (size, sha256, CRC-64/XZ) against the manifest.
+The file is hashed in order while it arrives (size, sha256, CRC-64/XZ) and checked
+against the manifest. A bandwidth cap (`ratelimit`) may be shared by several files.
 
 Transient failures (`SourceUnreachable`: refused connections, timeouts, 5xx,
 streams cut short) are retried per part with jittered exponential backoff; a
@@ -17,17 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import random
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tenacity import (
     RetryCallState,
@@ -38,6 +39,7 @@ from tenacity import (
 )
 
 from modelcache.api.manifest import ManifestFile
+from modelcache.fs import Digest, OrderedHasher, fsync_dir, token, write_atomic
 from modelcache.sources.base import (
     ObjectChanged,
     ObjectClient,
@@ -46,25 +48,28 @@ from modelcache.sources.base import (
     SourceError,
     SourceUnreachable,
 )
-from modelcache.sources.checksum import Digest
-from modelcache.sources.ordered_hash import OrderedHasher
-from modelcache.store.durable import fsync_dir, write_atomic
+from modelcache.sources.ratelimit import RateLimiter
+from modelcache.sources.resume import (
+    Journal,
+    Part,
+    ResumeRecord,
+    plan_parts,
+    read_record,
+    resume_path,
+)
 
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
-RESUME_SUFFIX = ".resume.json"
-RECORD_VERSION = 1
-FLUSH_INTERVAL = 0.5
-"""Seconds between durable claims: at most this much finished work is redone after a crash."""
-FLUSH_BYTES = 256 * MiB
-"""...or this many finished bytes, whichever comes first (bounds redo work on fast links)."""
 CHUNK_SIZE = MiB
 """Bytes per read from a response: big enough for 10 Gbit/s, small enough for smooth progress."""
 HEAD_RETRIES = 2
 """HEAD fails fast (nothing transferred yet, the caller's loop retries later)."""
 RESTARTS = 1
 """How often an object that changes under a download is started over before giving up."""
+
+DiscardHook = Callable[[str], None]
+"""Told why a resume record's claims were thrown away (the engine makes it an event)."""
 
 What = Literal["size", "crc64", "sha256"]
 
@@ -110,234 +115,11 @@ class VerificationError(SourceError):
         )
 
 
-# -- bandwidth ---------------------------------------------------------------------------
-
-
-class RateLimiter:
-    """A token bucket shared by threads (and, if the caller passes one, by several files).
-
-    Takers may run into debt: each waits until the bucket would have refilled, so
-    grants come in arrival order and never exceed `burst + rate * elapsed`.
-    """
-
-    def __init__(
-        self,
-        rate: float,
-        burst: float | None = None,
-        *,
-        clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Any] = time.sleep,
-    ) -> None:
-        if rate <= 0:
-            raise ValueError(f"rate must be positive, not {rate}")
-        self.rate = float(rate)
-        self.burst = float(burst) if burst is not None else self.rate / 4
-        self._clock = clock
-        self._sleep = sleep
-        self._lock = threading.Lock()
-        self._tokens = self.burst
-        self._stamp = clock()
-
-    def reserve(self, amount: int) -> float:
-        """Take `amount` tokens now; returns the seconds to wait before using them."""
-        with self._lock:
-            now = self._clock()
-            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
-            self._stamp = now
-            self._tokens -= amount
-            return max(0.0, -self._tokens / self.rate)
-
-    def acquire(self, amount: int) -> None:
-        """Block until `amount` bytes may be used."""
-        delay = self.reserve(amount)
-        if delay > 0:
-            self._sleep(delay)
-
-
-# -- part planning and the resume record ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Part:
-    """Bytes [start, end) of the object."""
-
-    index: int
-    start: int
-    end: int
-
-    @property
-    def length(self) -> int:
-        return self.end - self.start
-
-
-def part_count(size: int, part_size: int) -> int:
-    return -(-size // part_size)
-
-
-def plan_parts(size: int, part_size: int) -> list[Part]:
-    """Cut [0, size) into consecutive parts of `part_size` (the last one shorter)."""
-    if size < 0 or part_size < 1:
-        raise ValueError(f"cannot plan parts of {part_size} bytes for a size of {size}")
-    return [
-        Part(index, start, min(start + part_size, size))
-        for index, start in enumerate(range(0, size, part_size))
-    ]
-
-
-@dataclass(frozen=True)
-class ResumeRecord:
-    """What a partial file holds durably: the parts of one object version that are on disk,
-    and of the parts in progress, how many of their first bytes (`partial`)."""
-
-    key: str
-    etag: str
-    size: int
-    part_size: int
-    done: frozenset[int] = field(default_factory=frozenset)
-    partial: tuple[tuple[int, int], ...] = ()  # (part index, bytes on disk from its start)
-
-    def started(self) -> dict[int, int]:
-        return dict(self.partial)
-
-    def matches(self, key: str, etag: str, size: int, part_size: int) -> bool:
-        return (self.key, self.etag, self.size, self.part_size) == (key, etag, size, part_size)
-
-    def to_json(self) -> bytes:
-        return json.dumps(
-            {
-                "version": RECORD_VERSION,
-                "key": self.key,
-                "etag": self.etag,
-                "size": self.size,
-                "part_size": self.part_size,
-                "done": sorted(self.done),
-                "partial": {str(i): n for i, n in self.partial},
-            }
-        ).encode()
-
-    @classmethod
-    def from_json(cls, data: bytes | str) -> ResumeRecord:
-        """Parse a record; ValueError for anything that is not exactly what `to_json` writes."""
-        raw = json.loads(data)
-        if not isinstance(raw, dict):
-            raise ValueError("resume record is not a JSON object")
-        if raw.get("version") != RECORD_VERSION:
-            raise ValueError(f"unknown resume record version {raw.get('version')!r}")
-        key, etag = _field(raw, "key", str), _field(raw, "etag", str)
-        size, part_size = _field(raw, "size", int), _field(raw, "part_size", int)
-        done = _field(raw, "done", list)
-        if size < 0 or part_size < 1:
-            raise ValueError(f"resume record has size {size} and part size {part_size}")
-        parts = part_count(size, part_size)
-        if not all(type(i) is int and 0 <= i < parts for i in done):
-            raise ValueError(f"resume record claims parts outside 0..{parts - 1}")
-        if len(set(done)) != len(done):
-            raise ValueError("resume record claims a part twice")
-        partial = raw.get("partial", {})
-        if type(partial) is not dict:
-            raise ValueError("resume record field 'partial' is not an object")
-        started: list[tuple[int, int]] = []
-        for index_text, length in partial.items():
-            if not index_text.isdigit() or type(length) is not int:
-                raise ValueError(f"resume record has a bad partial entry {index_text!r}")
-            index = int(index_text)
-            span = min(part_size, size - index * part_size)
-            if not 0 <= index < parts or index in done or not 0 < length < span:
-                raise ValueError(f"resume record claims {length} bytes of part {index}")
-            started.append((index, length))
-        return cls(key, etag, size, part_size, frozenset(done), tuple(sorted(started)))
-
-
-def _field(raw: dict[str, Any], name: str, kind: type) -> Any:
-    value = raw.get(name)
-    if type(value) is not kind:  # bool is an int subclass: reject it by exact type
-        raise ValueError(f"resume record field {name!r} is missing or not a {kind.__name__}")
-    return value
-
-
-def resume_path(dest: Path) -> Path:
-    """Where the resume record of a partial file lives."""
-    return dest.with_name(dest.name + RESUME_SUFFIX)
-
-
-def load_record(path: Path) -> ResumeRecord | None:
-    """The record at `path`, or None when there is none or it cannot be trusted."""
-    try:
-        return ResumeRecord.from_json(path.read_bytes())
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as error:
-        log.warning("ignoring unreadable resume record %s: %s", path, error)
-        return None
-
-
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
         written = os.pwrite(fd, view, offset)
         view, offset = view[written:], offset + written
-
-
-class _Journal:
-    """Claims finished parts in the resume record, never before their bytes are fsynced."""
-
-    def __init__(
-        self,
-        fd: int,
-        path: Path,
-        record: ResumeRecord,
-        *,
-        interval: float = FLUSH_INTERVAL,
-        max_bytes: int = FLUSH_BYTES,
-    ) -> None:
-        self._fd = fd
-        self._path = path
-        self._record = record
-        self._interval = interval
-        self._max_bytes = max_bytes
-        self._lock = threading.Lock()
-        self._pending: set[int] = set()
-        self._progress: dict[int, int] = record.started()  # parts in flight: bytes written
-        self._pending_bytes = 0
-        self._last = time.monotonic()
-
-    def progressed(self, part: Part, written: int, nbytes: int) -> None:
-        """Part `part` has `written` bytes from its start on disk (not yet fsynced)."""
-        with self._lock:
-            if written < part.length:  # a whole part is claimed by `finished`, in one go
-                self._progress[part.index] = written
-            else:
-                self._progress.pop(part.index, None)
-            self._pending_bytes += nbytes
-            self._maybe_flush()
-
-    def finished(self, part: Part) -> None:
-        with self._lock:
-            self._pending.add(part.index)
-            self._progress.pop(part.index, None)
-            self._maybe_flush()
-
-    def _maybe_flush(self) -> None:
-        due = time.monotonic() - self._last >= self._interval
-        if due or self._pending_bytes >= self._max_bytes:
-            self._flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            self._flush()
-
-    def _flush(self) -> None:
-        self._last = time.monotonic()
-        started = tuple(sorted((i, n) for i, n in self._progress.items() if n > 0))
-        if not self._pending and started == self._record.partial:
-            return
-        os.fsync(self._fd)  # the data first: the record may only claim what is on disk
-        done = self._record.done | self._pending
-        started = tuple((i, n) for i, n in started if i not in done)
-        self._record = replace(self._record, done=done, partial=started)
-        write_atomic(self._path, self._record.to_json())
-        self._pending.clear()
-        self._pending_bytes = 0
 
 
 # -- the download ------------------------------------------------------------------------
@@ -381,7 +163,7 @@ class _Download:
     key: str
     info: ObjectInfo
     fd: int
-    journal: _Journal
+    journal: Journal
     options: PullOptions
     progress: Progress | None
     limiter: RateLimiter | None
@@ -519,7 +301,6 @@ def _log_retry(state: RetryCallState) -> None:
         "retrying a part after attempt %d: %s",
         state.attempt_number,
         error,
-        extra={"event": "L3_PART_RETRY", "attempt": state.attempt_number},
     )
 
 
@@ -559,33 +340,75 @@ def verify(digest: Digest, expected: ManifestFile, where: str) -> None:
 
 def discard(dest: Path) -> None:
     """Remove a partial file and its record (record first: it must never outlive its data)."""
-    resume_path(dest).unlink(missing_ok=True)
-    dest.unlink(missing_ok=True)
+    _remove_entry(resume_path(dest))
+    _remove_entry(dest)
+
+
+def _remove_entry(path: Path) -> None:
+    """Clear `path` for a download without opening or following what is there: a file, a
+    FIFO, a link is unlinked, an empty directory removed; a directory with entries in it is
+    renamed aside (logged), never deleted unseen."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(mode):
+        path.unlink(missing_ok=True)
+        return
+    try:
+        path.rmdir()
+    except OSError as error:
+        if error.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        aside = path.with_name(f".{path.name}.aside-{token()}")
+        os.rename(path, aside)
+        log.warning(
+            "moved the directory %s aside to %s: a download keeps a file there",
+            path,
+            aside,
+        )
+
+
+@dataclass(frozen=True)
+class _Opened:
+    fd: int
+    record: ResumeRecord
+
+    @property
+    def resumed(self) -> bool:
+        """Whether the file starts from bytes a record claims (which may be false)."""
+        return bool(self.record.done or self.record.partial)
 
 
 @contextlib.contextmanager
-def _open_partial(dest: Path, key: str, info: ObjectInfo, part_size: int) -> Iterator[_Opened]:
+def _open_partial(
+    dest: Path,
+    key: str,
+    info: ObjectInfo,
+    part_size: int,
+    on_discard: DiscardHook | None = None,
+) -> Iterator[_Opened]:
     """Open the partial file for `info`'s version: reuse what a matching record claims,
-    otherwise start from an empty, preallocated file."""
+    otherwise start from an empty, preallocated file. Whatever is not a regular file at
+    either path (a FIFO, a directory, a link) is cleared, never opened."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     record_path = resume_path(dest)
-    record = load_record(record_path)
+    record, problem = read_record(record_path)
     reusable = (
         record is not None
         and record.matches(key, info.etag, info.size, part_size)
-        and _size_of(dest) == info.size
+        and _regular_size(dest) == info.size
     )
     if record is not None and not reusable:
-        log.info(
-            "discarding partial download of %s: it was of another version or layout",
-            key,
-            extra={"event": "L3_RESUME_DISCARDED", "key": key, "etag": info.etag},
-        )
+        problem = "it was of another version or layout"
+    if problem is not None:
+        _resume_discarded(key, info, f"discarding partial download of {key}: {problem}", on_discard)
     if not reusable:
         discard(dest)
         record = ResumeRecord(key, info.etag, info.size, part_size)
     assert record is not None
-    fd = os.open(dest, os.O_RDWR | os.O_CREAT, 0o644)
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(dest, flags if reusable else flags | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         if not reusable:
             _preallocate(fd, info.size, dest)
@@ -595,17 +418,24 @@ def _open_partial(dest: Path, key: str, info: ObjectInfo, part_size: int) -> Ite
         os.close(fd)
 
 
-@dataclass(frozen=True)
-class _Opened:
-    fd: int
-    record: ResumeRecord
+def _resume_discarded(
+    key: str, info: ObjectInfo, message: str, on_discard: DiscardHook | None
+) -> None:
+    log.warning(
+        "%s",
+        message,
+    )
+    if on_discard is not None:
+        on_discard(message)
 
 
-def _size_of(path: Path) -> int | None:
+def _regular_size(path: Path) -> int | None:
+    """The size of the regular file at `path` itself; None for anything else or nothing."""
     try:
-        return path.stat().st_size
+        status = os.lstat(path)
     except FileNotFoundError:
         return None
+    return status.st_size if stat.S_ISREG(status.st_mode) else None
 
 
 def _preallocate(fd: int, size: int, dest: Path) -> None:
@@ -634,13 +464,17 @@ def download_file(
     progress: Progress | None = None,
     limiter: RateLimiter | None = None,
     cancel: threading.Event | None = None,
+    on_resume_discarded: DiscardHook | None = None,
 ) -> Digest:
     """Download `key` into `dest` (a temp path) and verify it against `expected`.
 
-    Resumes from `dest`'s record when it is for the same object version. `progress`
-    is called from worker threads with the bytes of each chunk received (so resumed
-    parts are not counted, and a restart counts again). `limiter` shares a bandwidth
-    cap across calls; otherwise `options.bandwidth_limit` caps this call alone.
+    Resumes from `dest`'s record when it is for the same object version; a resumed file
+    that fails verification is fetched once more from zero (a record may claim bytes the
+    disk lost), so only a mismatch of a from-zero fetch is reported. `progress` is called
+    from worker threads with the bytes of each chunk received (so resumed parts are not
+    counted, and a restart counts again). `limiter` shares a bandwidth cap across calls;
+    otherwise `options.bandwidth_limit` caps this call alone. `on_resume_discarded` is told
+    why a record's claims were thrown away.
     Raises VerificationError (partial file removed), ObjectNotFound, ObjectChanged
     (it kept changing), SourceUnreachable (after retries), OSError (local disk), and
     PullCancelled once `cancel` is set (the partial kept, resumable).
@@ -649,10 +483,12 @@ def download_file(
         limiter = RateLimiter(options.bandwidth_limit)
     where = client.describe(key)
     info = head(client, key)
-    for restart in range(RESTARTS + 1):
+    changes = 0
+    refetched = False
+    while True:
         check_head(client, key, info, expected)
         try:
-            digest = _fetch_all(
+            fetched = _fetch_all(
                 client,
                 key,
                 info,
@@ -661,23 +497,41 @@ def download_file(
                 progress=progress,
                 limiter=limiter,
                 cancel=cancel,
+                on_discard=on_resume_discarded,
             )
         except ObjectChanged:
             discard(dest)
-            if restart == RESTARTS:
+            if changes == RESTARTS:
                 raise ObjectChanged(
                     f"{where} changed {RESTARTS + 1} times while downloading; is something "
                     "writing over a published version? Try again later"
                 ) from None
+            changes += 1
             log.warning(
                 "%s changed during the download: starting over",
                 where,
-                extra={"event": "L3_OBJECT_CHANGED", "key": key, "etag": info.etag},
             )
             info = head(client, key)
             continue
-        return _verify_download(dest, info, expected, where, digest)
-    raise AssertionError("unreachable: the last restart returns or raises")  # pragma: no cover
+        try:
+            return _verify_download(dest, info, expected, where, fetched.digest)
+        except VerificationError as error:
+            if not fetched.resumed or refetched:
+                raise
+            refetched = True  # the partial and its record are gone: the next fetch is from zero
+            _resume_discarded(
+                key,
+                info,
+                f"{where} resumed from its record failed verification ({error.what} mismatch):"
+                " discarded, fetching it again from zero",
+                on_resume_discarded,
+            )
+
+
+@dataclass(frozen=True)
+class _Fetched:
+    digest: Digest
+    resumed: bool  # started from bytes a resume record claimed
 
 
 def _fetch_all(
@@ -690,28 +544,21 @@ def _fetch_all(
     progress: Progress | None,
     limiter: RateLimiter | None,
     cancel: threading.Event | None = None,
-) -> Digest:
+    on_discard: DiscardHook | None = None,
+) -> _Fetched:
     """Fetch every part not yet on disk (a durable record says what is), hashing the file
     in order while it arrives; returns what the whole file hashes to."""
-    with _open_partial(dest, key, info, options.part_size) as opened:
+    with _open_partial(dest, key, info, options.part_size, on_discard) as opened:
         parts = plan_parts(info.size, options.part_size)
         todo = [p for p in parts if p.index not in opened.record.done]
         started = opened.record.started()
-        journal = _Journal(opened.fd, resume_path(dest), opened.record)
+        journal = Journal(opened.fd, resume_path(dest), opened.record)
         log.info(
             "downloading %s: %d bytes, %d of %d parts to fetch",
             client.describe(key),
             info.size,
             len(todo),
             len(parts),
-            extra={
-                "event": "L3_DOWNLOAD_START",
-                "key": key,
-                "size": info.size,
-                "parts": len(parts),
-                "resumed_parts": len(parts) - len(todo),
-                "resumed_bytes": sum(started.values()),
-            },
         )
         hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done, started=started)
         download = _Download(
@@ -736,7 +583,7 @@ def _fetch_all(
             journal.flush()  # keep what is on disk claimable, whatever happened
         digest = hasher.result()
         os.fsync(opened.fd)
-        return digest
+        return _Fetched(digest, opened.resumed)
 
 
 def _verify_download(
@@ -756,6 +603,5 @@ def _verify_download(
     log.info(
         "downloaded and verified %s",
         where,
-        extra={"event": "L3_DOWNLOAD_END", "size": digest.size, "sha256": digest.sha256},
     )
     return digest

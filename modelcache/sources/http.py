@@ -17,16 +17,19 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from modelcache.sources.base import (
+    DOCUMENT_LIMIT,
     InvalidSourceURL,
     ObjectChanged,
     ObjectClient,
     ObjectInfo,
     ObjectNotFound,
+    ObjectTooLarge,
     Progress,
     SourceError,
     SourceReadOnly,
     SourceUnreachable,
     SourceURL,
+    read_within,
 )
 
 POOL_SIZE = 64
@@ -42,6 +45,13 @@ def version_tag(headers: urllib3.HTTPHeaderDict) -> str:
         return f"W/{bare}" if weak else bare
     modified = headers.get("Last-Modified")
     return f"{LAST_MODIFIED}{modified}" if modified else ""
+
+
+def _length(response: urllib3.BaseHTTPResponse) -> int | None:
+    """The announced Content-Length when it is plain digits, else None (the read is bounded
+    anyway)."""
+    value = response.headers.get("Content-Length", "")
+    return int(value) if value.isascii() and value.isdigit() else None
 
 
 class HttpClient(ObjectClient):
@@ -115,10 +125,16 @@ class HttpClient(ObjectClient):
                 f"{self.describe(key)}: connection broke ({type(error).__name__})"
             ) from None
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, limit: int = DOCUMENT_LIMIT) -> bytes:
+        """Refused on its Content-Length before the body is read, and read no further than
+        `limit` + 1 bytes when the server sends none (chunked) or understates it."""
         response = self._request("GET", key, stream=True)
         try:
-            return b"".join(self._stream(key, response, 1 << 20))
+            chunks = self._stream(key, response, min(limit + 1, 1 << 20))
+            return read_within(chunks, limit, self.describe(key), _length(response))
+        except ObjectTooLarge:
+            response.close()  # the rest of the body is never read: the connection cannot be reused
+            raise
         finally:
             response.release_conn()
 

@@ -1,26 +1,32 @@
 """file:///dir and plain directory paths: a model location on a local or mounted filesystem.
 
-Writes are atomic (temp file, fsync, rename, fsync of the directory), so a reader
-never sees half a file, just as with an object store. The ETag is made from the
-inode, mtime and size: an atomic replace or an in-place write both change it.
+Writes are atomic (`modelcache.fs.atomic_write`: temp file, fsync, rename, fsync of the
+directory), so a reader never sees half a file, just as with an object store. The ETag
+is made from the inode, mtime and size: an atomic replace or an in-place write both
+change it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from modelcache.fs import NotARegularFile, TooLarge, atomic_write, read_capped, write_all
 from modelcache.sources.base import (
+    DOCUMENT_LIMIT,
     InvalidSourceURL,
     ObjectChanged,
     ObjectClient,
     ObjectInfo,
     ObjectNotFound,
+    ObjectTooLarge,
     Progress,
     SourceError,
     SourceURL,
+    too_large,
 )
 
 COPY_CHUNK = 4 * 1024 * 1024
@@ -101,17 +107,20 @@ class LocalClient(ObjectClient):
         if actual != etag:
             raise ObjectChanged(f"{self.describe(key)} changed: {actual}, expected {etag}")
 
-    def get_bytes(self, key: str) -> bytes:
-        self._stat(key)
+    def get_bytes(self, key: str, *, limit: int = DOCUMENT_LIMIT) -> bytes:
+        """The file's bytes, read within `limit` (a FIFO or a directory is not an object)."""
+        path = self.path(key)
         try:
-            return self.path(key).read_bytes()
-        except (FileNotFoundError, IsADirectoryError):
+            return read_capped(path, limit, what="object")
+        except TooLarge:
+            raise ObjectTooLarge(too_large(self.describe(key), limit, None)) from None
+        except (FileNotFoundError, NotADirectoryError, NotARegularFile):
             raise ObjectNotFound(f"no file {self.describe(key)}") from None
 
     # -- writes -----------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
         with self._atomic(key) as fd:
-            _write_all(fd, data)
+            write_all(fd, data)
 
     def put_bytes_if_absent(self, key: str, data: bytes) -> bool:
         target = self.path(key)
@@ -119,7 +128,7 @@ class LocalClient(ObjectClient):
         temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.claim")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -134,12 +143,15 @@ class LocalClient(ObjectClient):
     def put_file(self, key: str, path: Path, *, progress: Progress | None = None) -> None:
         with self._atomic(key) as out, path.open("rb") as source:
             while data := source.read(COPY_CHUNK):
-                _write_all(out, data)
+                write_all(out, data)
                 if progress is not None:
                     progress(len(data))
 
-    def _atomic(self, key: str) -> _AtomicWrite:
-        return _AtomicWrite(self.path(key))
+    def _atomic(self, key: str) -> contextlib.AbstractContextManager[int]:
+        """An fd to write `key` through: the file appears whole when the block succeeds."""
+        target = self.path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return atomic_write(target, mode=0o644)
 
     def list_keys(self) -> list[str]:
         if not self.root.is_dir():
@@ -152,39 +164,3 @@ class LocalClient(ObjectClient):
         for key in keys:
             path = self.path(key)
             path.unlink(missing_ok=True)
-
-
-class _AtomicWrite:
-    """`with` block yielding an fd to a temp file that replaces `target` only on success."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.temp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
-        self.fd = -1
-
-    def __enter__(self) -> int:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        return self.fd
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
-        try:
-            if exc_type is None:
-                os.fsync(self.fd)
-        finally:
-            os.close(self.fd)
-        if exc_type is not None:
-            self.temp.unlink(missing_ok=True)
-            return
-        os.replace(self.temp, self.target)
-        dir_fd = os.open(self.target.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]

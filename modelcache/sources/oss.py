@@ -23,8 +23,11 @@ from xml.etree import ElementTree
 
 import oss2
 
-from modelcache.api.problems import one_line
+from modelcache.api.urls import redact_url
+from modelcache.fs import crc64_xz
+from modelcache.problems import one_line
 from modelcache.sources.base import (
+    DOCUMENT_LIMIT,
     Credentials,
     InvalidSourceURL,
     ObjectChanged,
@@ -36,8 +39,9 @@ from modelcache.sources.base import (
     SourceUnreachable,
     SourceURL,
     env_first,
+    read_within,
+    resolve_endpoint,
 )
-from modelcache.sources.checksum import crc64_xz
 
 MiB = 1024 * 1024
 POOL_SIZE = 64
@@ -89,7 +93,7 @@ class OssClient(ObjectClient):
         super().__init__(url)
         if url.scheme != "oss" or not url.bucket:
             raise InvalidSourceURL(f"{url} is not an oss://bucket/prefix URL")
-        endpoint = (credentials.endpoint if credentials else None) or env_first("OSS_ENDPOINT")
+        endpoint = resolve_endpoint(credentials, "OSS_ENDPOINT")
         if not endpoint:
             raise SourceError(
                 f"no OSS endpoint for {url}: set OSS_ENDPOINT (e.g. "
@@ -107,10 +111,15 @@ class OssClient(ObjectClient):
                 enable_crc=False,
             )
         except oss2.exceptions.ClientError as error:
-            raise InvalidSourceURL(f"invalid OSS endpoint {self.endpoint!r}: {error}") from None
+            raise InvalidSourceURL(f"invalid OSS endpoint {self._where!r}: {error}") from None
 
     def __repr__(self) -> str:
-        return f"OssClient({self.url.raw!r}, endpoint={self.endpoint!r})"
+        return f"OssClient({self.url.raw!r}, endpoint={self._where!r})"
+
+    @property
+    def _where(self) -> str:
+        """The endpoint for messages: checked on the way in, redacted again on the way out."""
+        return redact_url(self.endpoint)
 
     # -- reads ------------------------------------------------------------------------------
     def head(self, key: str) -> ObjectInfo:
@@ -143,7 +152,7 @@ class OssClient(ObjectClient):
                     f"{self.describe(key)} changed: ETag {result.etag}, expected {etag}"
                 )
             if result.status != 206 and not (start == 0 and result.content_length == end):
-                raise SourceError(f"{self.endpoint} ignored the Range header for {key}")
+                raise SourceError(f"{self._where} ignored the Range header for {key}")
             yield from self._stream(key, result, chunk)
         finally:
             result.resp.response.close()
@@ -156,16 +165,20 @@ class OssClient(ObjectClient):
                 data = next(body, b"")
             except Exception as error:  # requests/urllib3 raise many kinds mid-body
                 raise SourceUnreachable(
-                    f"{self.describe(key)}: connection to {self.endpoint} broke: "
+                    f"{self.describe(key)}: connection to {self._where} broke: "
                     f"{type(error).__name__}"
                 ) from None
             if not data:
                 return
             yield data
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, limit: int = DOCUMENT_LIMIT) -> bytes:
         result = self._call(key, lambda: self._bucket.get_object(self.url.key(key)))
-        return b"".join(self._stream(key, result, 1 << 20))
+        try:  # content_length refuses before the body is read; the read stops at limit + 1
+            chunks = self._stream(key, result, min(limit + 1, 1 << 20))
+            return read_within(chunks, limit, self.describe(key), result.content_length)
+        finally:
+            result.resp.response.close()
 
     # -- writes -----------------------------------------------------------------------------
     def put_bytes(self, key: str, data: bytes) -> None:
@@ -238,7 +251,7 @@ class OssClient(ObjectClient):
         for element in root.iter():
             if element.tag.rsplit("}", 1)[-1] == "UploadId" and element.text:
                 return element.text
-        raise SourceError(f"{self.endpoint} sent no UploadId for {full}")
+        raise SourceError(f"{self._where} sent no UploadId for {full}")
 
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:  # one by one: batch delete is a list-style call some stores reject
@@ -282,16 +295,14 @@ class OssClient(ObjectClient):
         code = getattr(error, "code", "") or ""
         if isinstance(error, oss2.exceptions.RequestError):
             reason = type(getattr(error, "exception", error)).__name__
-            raise SourceUnreachable(f"{self.endpoint} unreachable ({reason}) for {where}") from None
+            raise SourceUnreachable(f"{self._where} unreachable ({reason}) for {where}") from None
         if status == 404:
             detail = f" ({code})" if code and code != "NoSuchKey" else ""
             raise ObjectNotFound(f"no object {where}{detail}") from None
         if status == 412:
             raise ObjectChanged(f"{where} changed since it was first read (412)") from None
         if status >= 500 or status == 429:
-            raise SourceUnreachable(
-                f"{self.endpoint} answered {status} {code} for {where}"
-            ) from None
+            raise SourceUnreachable(f"{self._where} answered {status} {code} for {where}") from None
         if status == 403:
             raise SourceError(f"access denied to {where} (403 {code}): check credentials") from None
         raise SourceError(f"{where}: OSS error {status} {code} {error.message}".rstrip()) from None

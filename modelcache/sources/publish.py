@@ -14,17 +14,27 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import secrets
+import stat
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from modelcache.api.manifest import INDEX_NAME, MANIFEST_NAME, Manifest, ManifestFile, VersionIndex
+from modelcache.api.manifest import (
+    INDEX_MAX_BYTES,
+    INDEX_NAME,
+    MANIFEST_NAME,
+    Manifest,
+    ManifestFile,
+    VersionIndex,
+)
 from modelcache.api.names import check_relative_path, check_version
-from modelcache.api.problems import one_line
+from modelcache.fs import hash_file, kind_of
+from modelcache.problems import one_line
 from modelcache.sources.base import ObjectClient, ObjectNotFound, Progress, SourceError
-from modelcache.sources.checksum import hash_file
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +54,21 @@ class PublishedFile:
 
 
 def scan_directory(directory: Path) -> list[tuple[str, Path]]:
-    """(relative POSIX path, file) for every regular file under `directory`, sorted."""
+    """(relative POSIX path, file) for every regular file under `directory`, sorted.
+
+    Anything else but a directory (a symlink, a FIFO, a socket, a device) is refused by
+    name: skipped, it would publish a version without it; read, a FIFO would block."""
     if not directory.is_dir():
         raise SourceError(f"{directory} is not a directory")
     found: list[tuple[str, Path]] = []
     for path in sorted(directory.rglob("*")):
-        if path.is_symlink():
-            raise SourceError(f"{path} is a symbolic link: publish real files only")
-        if path.is_file():
-            relative = path.relative_to(directory).as_posix()
-            found.append((check_relative_path(relative), path))
+        mode = path.lstat().st_mode
+        if stat.S_ISDIR(mode):
+            continue
+        if not stat.S_ISREG(mode):
+            raise SourceError(f"{path} is {kind_of(mode)}: publish regular files only")
+        relative = path.relative_to(directory).as_posix()
+        found.append((check_relative_path(relative), path))
     if not found:
         raise SourceError(f"{directory} holds no files to publish")
     return found
@@ -85,7 +100,7 @@ def read_manifest(client: ObjectClient, version: str) -> Manifest:
 def read_index(client: ObjectClient) -> VersionIndex:
     """`index.json`, or an empty index for a location nothing was published to yet."""
     try:
-        return VersionIndex.from_json(client.get_bytes(INDEX_NAME))
+        return VersionIndex.from_json(client.get_bytes(INDEX_NAME, limit=INDEX_MAX_BYTES))
     except ObjectNotFound:
         return VersionIndex()
     except ValueError as error:
@@ -96,50 +111,145 @@ def read_index(client: ObjectClient) -> VersionIndex:
 
 def publish(
     client: ObjectClient,
-    directory: Path,
+    directory: str | os.PathLike[str],
     version: str,
     *,
     progress: Progress | None = None,
     on_file: Callable[[str, int], None] | None = None,
 ) -> Manifest:
-    """Publish `directory` as `version`: claim the name, list it as `publishing`, upload and
-    check every file, write the manifest, then mark it `published` in the index."""
+    """Publish `directory` as `version`: claim the name, make sure no manifest exists under
+    it, list it as `publishing`, upload and check every file, write the manifest, then mark
+    the claim and the index entry `published`.
+
+    The claim is checked, then the manifest (never the other way round: a publish that
+    checked before another one finished would take the released name and overwrite its
+    files), and it is kept for good once the version is published, so that no later
+    publish can take the name again, not even after `prune`."""
     check_version(version)
-    if client.exists(manifest_key(version)):
-        raise VersionExists(
-            f"version {version!r} already exists at {client.describe(version)}: versions are "
-            "immutable, publish a new version"
-        )
-    files = scan_directory(directory)
+    files = scan_directory(Path(directory))
     index = read_index(client)  # a garbage index fails here, before anything is written
-    claim = claim_key(version)
-    claimed = dt.datetime.now(dt.UTC)
-    stamp = json.dumps({"claimed": claimed.isoformat()}).encode()
-    if not client.put_bytes_if_absent(claim, stamp):  # one publish per version name
-        raise VersionExists(
-            f"version {version!r} is being published to {client.describe(version)} by another "
-            f"publish, or one was interrupted: delete {client.describe(claim)} to publish again"
-        )
+    claim = Claim.take(client, version)
     listed = False
     try:
-        _change_index(client, lambda now: now.with_publishing(version, claimed), index)
+        if client.exists(manifest_key(version)):  # published before claims were kept
+            raise VersionExists(_exists_message(client, version))
+        _change_index(client, lambda now: now.with_publishing(version, claim.claimed), index)
         listed = True
-        manifest = _upload(client, files, version, progress=progress, on_file=on_file)
+        manifest = _upload(client, files, version, claim, progress=progress, on_file=on_file)
+        claim.check_held()
         if not client.put_bytes_if_absent(manifest_key(version), manifest.to_json()):
             raise VersionExists(f"version {version!r} appeared at {client.describe(version)}")
     except BaseException:  # failed before its manifest: unlist it and free the name
-        if listed:
-            with contextlib.suppress(SourceError):  # else readers drop it once unclaimed
-                _change_index(client, partial(VersionIndex.without, versions={version}))
-        with contextlib.suppress(SourceError):
-            client.delete([claim])
+        if claim.held_or_unknown() is True:  # never undo what a publish that took it did
+            if listed:
+                with contextlib.suppress(SourceError):  # else readers drop it once unclaimed
+                    _change_index(client, partial(VersionIndex.without, versions={version}))
+            claim.release()
         raise
+    claim.mark_published()
     try:
         _change_index(client, lambda now: now.with_version(manifest))
     except SourceError as error:  # published all the same: readers settle the entry
         log.warning("%s is published; its index entry stays `publishing`: %s", version, error)
-    client.delete([claim])
     return manifest
+
+
+@dataclass
+class Claim:
+    """A publish's hold on a version name: `<prefix>/.claims/<version>`, written with the
+    store's conditional write, holding a token only this publish knows.
+
+    While the version is being published the claim says `publishing`; once its manifest is
+    written it says `published` and stays, so the name is never taken again. A claim is
+    only ever deleted by the publish that holds it (checked by its token) when it fails
+    before its manifest, or by hand after an interrupted publish."""
+
+    client: ObjectClient
+    version: str
+    token: str
+    claimed: dt.datetime
+
+    @classmethod
+    def take(cls, client: ObjectClient, version: str) -> Claim:
+        """Claim `version`, or VersionExists saying who has it."""
+        claimed = dt.datetime.now(dt.UTC)
+        claim = cls(client, version, secrets.token_hex(16), claimed)
+        if client.put_bytes_if_absent(claim_key(version), claim._record("publishing")):
+            return claim
+        if _claim_state(client, version) == "published" or client.exists(manifest_key(version)):
+            raise VersionExists(_exists_message(client, version))
+        raise VersionExists(
+            f"version {version!r} is being published to {client.describe(version)} by another "
+            f"publish, or one was interrupted: once no publish of it runs, delete "
+            f"{client.describe(claim_key(version))} to publish again"
+        )
+
+    def held(self) -> bool:
+        """Whether the claim still holds this publish's token (not deleted, not replaced)."""
+        try:
+            record = _parse_claim(self.client.get_bytes(claim_key(self.version), limit=CLAIM_MAX))
+        except ObjectNotFound:
+            return False
+        return record.get("token") == self.token
+
+    def check_held(self) -> None:
+        """Stop before writing anything more when the name is no longer ours."""
+        if not self.held():
+            raise VersionExists(
+                f"the claim {self.client.describe(claim_key(self.version))} was deleted or "
+                f"taken while this publish ran: it stops here and records nothing"
+            )
+
+    def mark_published(self) -> None:
+        """The claim stays for good, saying the name was used (a reader needs nothing else)."""
+        try:
+            self.client.put_bytes(claim_key(self.version), self._record("published"))
+        except SourceError as error:  # the manifest decides; the name stays claimed as it is
+            log.warning("%s is published; its claim still says publishing: %s", self.version, error)
+
+    def held_or_unknown(self) -> bool | None:
+        """held(), or None when the store cannot say (then nothing is undone)."""
+        try:
+            return self.held()
+        except SourceError:
+            return None
+
+    def release(self) -> None:
+        """Free the name after a failure (the caller checked that it is still ours)."""
+        with contextlib.suppress(SourceError):
+            self.client.delete([claim_key(self.version)])
+
+    def _record(self, state: str) -> bytes:
+        return json.dumps(
+            {"claimed": self.claimed.isoformat(), "state": state, "token": self.token}
+        ).encode()
+
+
+CLAIM_MAX = 4096  # a claim record is a few dozen bytes
+
+
+def _parse_claim(data: bytes) -> dict[str, object]:
+    """A claim record; an unreadable one reads as empty (a claim, but nobody's token)."""
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _claim_state(client: ObjectClient, version: str) -> str | None:
+    try:
+        return str(_parse_claim(client.get_bytes(claim_key(version), limit=CLAIM_MAX)).get("state"))
+    except ObjectNotFound:
+        return None
+
+
+def _exists_message(client: ObjectClient, version: str) -> str:
+    return (
+        f"version {version!r} already exists at {client.describe(version)}: versions are "
+        "immutable and their names are never reused (not even after prune), publish a new "
+        "version"
+    )
 
 
 def settle(client: ObjectClient, index: VersionIndex) -> VersionIndex:
@@ -155,26 +265,49 @@ def settle(client: ObjectClient, index: VersionIndex) -> VersionIndex:
         except VersionMissing:
             if not client.exists(claim_key(entry.version)):
                 settled = settled.without({entry.version})
+        except SourceError as error:  # a garbage manifest: left as it is listed
+            log.warning("cannot settle %s: %s", entry.version, one_line(error))
     return settled
 
 
-def rebuild_index(client: ObjectClient, versions: Sequence[str] = ()) -> VersionIndex:
+@dataclass(frozen=True)
+class Rebuilt:
+    """What `versions --rebuild` made: the index, and each version it could not read, why."""
+
+    index: VersionIndex
+    skipped: tuple[tuple[str, str], ...]
+
+
+def rebuild_index(client: ObjectClient, versions: Sequence[str] = ()) -> Rebuilt:
     """`index.json` made again from the manifests, for an index deleted or damaged by hand:
     of every `<version>/manifest.json` the store lists, or, where it cannot list, of the
-    versions named (added to what the index still holds)."""
+    versions named (added to what the index still holds). A manifest that cannot be read is
+    skipped and reported, the index rebuilt from the rest; a named version without one is
+    an error before anything is written."""
     named = set(versions)
     found = named or {key.split("/")[0] for key in client.list_keys() if _is_manifest(key)}
-    manifests = [read_manifest(client, version) for version in sorted(found)]
+    manifests: list[Manifest] = []
+    skipped: list[tuple[str, str]] = []
+    for version in sorted(found):
+        try:
+            manifests.append(read_manifest(client, version))
+        except VersionMissing:
+            if version in named:  # asked for by name: a mistake to say before writing
+                raise
+        except SourceError as error:  # garbage: skipped, reported, the rest rebuilt
+            skipped.append((version, one_line(error)))
+            log.warning("rebuild skips %s: %s", version, one_line(error))
 
     def rebuilt(now: VersionIndex) -> VersionIndex:
         kept = now.versions if named else [e for e in now.versions if e.state == "publishing"]
-        index = VersionIndex(versions=kept)
+        unreadable = {version for version, _ in skipped}
+        index = VersionIndex(versions=[e for e in kept if e.version not in unreadable])
         for manifest in manifests:
             index = index.with_version(manifest)
         return index
 
     _change_index(client, rebuilt, VersionIndex())  # a garbage index is replaced
-    return list_versions(client)
+    return Rebuilt(list_versions(client), tuple(skipped))
 
 
 def _is_manifest(key: str) -> bool:
@@ -232,7 +365,7 @@ def _change_index(
 
 def _lock_age(client: ObjectClient) -> float:
     try:
-        claimed = json.loads(client.get_bytes(INDEX_LOCK))["claimed"]
+        claimed = json.loads(client.get_bytes(INDEX_LOCK, limit=CLAIM_MAX))["claimed"]
         return time.time() - float(claimed)
     except ObjectNotFound:
         return 0.0  # released meanwhile: try again
@@ -249,11 +382,13 @@ def _upload(
     client: ObjectClient,
     files: list[tuple[str, Path]],
     version: str,
+    claim: Claim,
     *,
     progress: Progress | None,
     on_file: Callable[[str, int], None] | None,
 ) -> Manifest:
-    """Hash and upload each file; the manifest of what the store now holds."""
+    """Hash and upload each file while the claim is ours; the manifest of what the store
+    now holds."""
     entries: list[ManifestFile] = []
     for relative, path in files:
         before = _identity(path)
@@ -264,6 +399,7 @@ def _upload(
         if on_file is not None:
             on_file(relative, entry.size)
         key = f"{version}/{relative}"
+        claim.check_held()  # never write under a name another publish may have taken
         client.put_file(key, path, progress=progress)
         if _identity(path) != before:  # rewritten while hashed or sent: the hash may lie
             raise SourceError(
@@ -298,7 +434,8 @@ def _identity(path: Path) -> tuple[int, int, int, int]:
 def prune(client: ObjectClient, keep: int, protect: set[str] | None = None) -> list[str]:
     """Delete the oldest versions beyond `keep` (never a protected one); returns what was deleted.
 
-    The manifest goes first, so a version being deleted is already invisible to agents."""
+    The manifest goes first, so a version being deleted is already invisible to agents; the
+    claim stays, so the name is never published again with other bytes."""
     if keep < 1:
         raise SourceError("--keep must be at least 1")
     protected = protect or set()
@@ -307,6 +444,8 @@ def prune(client: ObjectClient, keep: int, protect: set[str] | None = None) -> l
     doomed = [v.version for v in newest_first[keep:] if v.version not in protected]
     for version in doomed:
         manifest = read_manifest(client, version)
+        if _claim_state(client, version) != "published":  # published before claims were kept
+            client.put_bytes(claim_key(version), json.dumps({"state": "published"}).encode())
         client.delete([manifest_key(version)])
         client.delete([f"{version}/{f.path}" for f in manifest.files])
         _change_index(client, partial(VersionIndex.without, versions={version}))

@@ -25,7 +25,9 @@ from boto3.s3.transfer import TransferConfig
 from botocore import UNSIGNED
 from botocore.config import Config
 
+from modelcache.api.urls import redact_url
 from modelcache.sources.base import (
+    DOCUMENT_LIMIT,
     Credentials,
     InvalidSourceURL,
     ObjectChanged,
@@ -37,6 +39,8 @@ from modelcache.sources.base import (
     SourceUnreachable,
     SourceURL,
     env_first,
+    read_within,
+    resolve_endpoint,
 )
 
 if TYPE_CHECKING:
@@ -82,7 +86,7 @@ class S3ObjectClient(ObjectClient):
         if url.scheme != "s3" or not url.bucket:
             raise InvalidSourceURL(f"{url} is not an s3://bucket/prefix URL")
         given = credentials or Credentials()
-        endpoint = given.endpoint or env_first("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+        endpoint = resolve_endpoint(credentials, "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
         if endpoint and "://" not in endpoint:
             endpoint = f"https://{endpoint}"
         self.endpoint = endpoint
@@ -106,14 +110,15 @@ class S3ObjectClient(ObjectClient):
                 "s3", endpoint_url=self.endpoint, config=config, **kwargs
             )
         except ValueError as error:  # botocore rejects a malformed endpoint URL
-            raise InvalidSourceURL(f"invalid S3 endpoint {self.endpoint!r}: {error}") from None
+            raise InvalidSourceURL(f"invalid S3 endpoint {self._where!r}: {error}") from None
 
     def __repr__(self) -> str:
-        return f"S3ObjectClient({self.url.raw!r}, endpoint={self.endpoint!r})"
+        return f"S3ObjectClient({self.url.raw!r}, endpoint={self._where!r})"
 
     @property
     def _where(self) -> str:
-        return self.endpoint or "the S3 endpoint"
+        """The endpoint for messages: checked on the way in, redacted again on the way out."""
+        return redact_url(self.endpoint) if self.endpoint else "the S3 endpoint"
 
     # -- reads ------------------------------------------------------------------------------
     def head(self, key: str) -> ObjectInfo:
@@ -158,12 +163,13 @@ class S3ObjectClient(ObjectClient):
                 return
             yield bytes(data)
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, limit: int = DOCUMENT_LIMIT) -> bytes:
         full = self.url.key(key)
         answer = self._call(key, lambda: self._s3.get_object(Bucket=self.url.bucket, Key=full))
         body = answer["Body"]
-        try:
-            return b"".join(self._stream(key, body, 1 << 20))
+        try:  # ContentLength refuses before the body is read; the read stops at limit + 1
+            chunks = self._stream(key, body, min(limit + 1, 1 << 20))
+            return read_within(chunks, limit, self.describe(key), answer.get("ContentLength"))
         finally:
             body.close()
 

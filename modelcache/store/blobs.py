@@ -2,12 +2,15 @@
 
 A blob's link count tells who uses it: 1 is the blob alone (an orphan), each version
 file adds a hard link, and a fresh adoption adds a *hold* (tmp/adopted/<digest>) so
-that gc cannot take it in the gap between `adopt_blob` and `install_version`.
+that gc cannot take it in the gap between `adopt_blob` and `install_version`. A blob
+at the filesystem's hard-link limit gets verified copies, `<digest>.<n>` beside it
+(see `links`); each copy is counted, verified and quarantined like the blob itself.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 import time
@@ -15,11 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelcache.sources.checksum import hash_file
-from modelcache.store.durable import fsync_dir, fsync_file, link_atomic, make_dirs
-from modelcache.store.layout import RESUME_SUFFIX, Layout, is_sha256, token
+from modelcache.fs import fsync_dir, fsync_file, hash_file, link_atomic, make_dirs, token
+from modelcache.store.errors import StoreError
+from modelcache.store.layout import RESUME_SUFFIX, Layout, parse_blob_name
 
 READ_ONLY = 0o444
+COPY_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -29,6 +33,7 @@ class BlobInfo:
     size: int
     links: int
     mtime: float
+    copy: int = 0  # 0: the blob itself; n: its n-th copy
 
 
 def has_blob(layout: Layout, sha256: str) -> bool:
@@ -75,29 +80,95 @@ def release_hold(layout: Layout, sha256: str) -> None:
 
 
 def verify(layout: Layout, sha256: str) -> bool:
-    """Rehash the blob; a missing blob is not a good one."""
+    """Rehash the blob and each of its copies; a missing blob is not a good one."""
     try:
-        return hash_file(layout.blob_path(sha256)).sha256 == sha256
+        return all(hash_file(path).sha256 == sha256 for path in blob_files(layout, sha256))
     except FileNotFoundError:
         return False
 
 
-def quarantine(layout: Layout, sha256: str) -> Path | None:
-    """Move a corrupt blob out of blobs/ so it is fetched again; versions keep their link."""
-    source = layout.blob_path(sha256)
-    dest = layout.quarantine_dir / f"{sha256}-{time.time_ns()}"
+def blob_files(layout: Layout, sha256: str) -> list[Path]:
+    """The blob and its copies, the blob first (whether or not it is there)."""
+    return [layout.blob_path(sha256), *copy_paths(layout, sha256)]
+
+
+def copy_paths(layout: Layout, sha256: str) -> list[Path]:
+    """The copies of a blob on disk, by number (gc may have left gaps)."""
+    found: list[tuple[int, Path]] = []
     try:
-        os.rename(source, dest)
+        entries = list(os.scandir(layout.blob_path(sha256).parent))
     except FileNotFoundError:
+        return []
+    for entry in entries:
+        parsed = parse_blob_name(entry.name)
+        if parsed is not None and parsed[0] == sha256 and parsed[1] > 0:
+            found.append((parsed[1], Path(entry.path)))
+    return [path for _, path in sorted(found)]
+
+
+def inodes(layout: Layout, sha256: str) -> set[tuple[int, int]]:
+    """(device, inode) of the blob and its copies: a file linked to any of them is good."""
+    found: set[tuple[int, int]] = set()
+    for path in blob_files(layout, sha256):
+        try:
+            stat = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        found.add((stat.st_dev, stat.st_ino))
+    return found
+
+
+def quarantine(layout: Layout, sha256: str) -> Path | None:
+    """Move a corrupt blob (and its copies) out of blobs/ so it is fetched again; versions
+    keep their links. Returns where the blob itself went."""
+    moved: Path | None = None
+    stamp = time.time_ns()
+    for path in blob_files(layout, sha256):
+        dest = layout.quarantine_dir / f"{path.name}-{stamp}"
+        try:
+            os.rename(path, dest)
+        except FileNotFoundError:
+            continue
+        moved = moved or dest
+    if moved is None:
         return None
-    fsync_dir(source.parent)
-    fsync_dir(dest.parent)
+    fsync_dir(layout.blob_path(sha256).parent)
+    fsync_dir(layout.quarantine_dir)
     release_hold(layout, sha256)
-    return dest
+    return moved
+
+
+def make_copy(layout: Layout, sha256: str, dest: Path) -> None:
+    """A second copy of a blob at `dest`, with its own inode (and so its own link count).
+    Written under tmp/, hashed as it is written, synced, then renamed into blobs/: blobs/
+    never holds half a copy, and a crash leaves only tmp/<digest>.copy, which recovery and
+    gc remove. The caller holds the blob's lock."""
+    source, tmp = layout.blob_path(sha256), layout.copy_tmp_path(sha256)
+    digest = hashlib.sha256()
+    try:
+        with source.open("rb") as reader, tmp.open("wb") as writer:
+            while chunk := reader.read(COPY_CHUNK):
+                digest.update(chunk)
+                writer.write(chunk)
+            writer.flush()
+            os.fsync(writer.fileno())
+        if digest.hexdigest() != sha256:
+            raise StoreError(
+                f"cannot copy blob {sha256}: {source} does not match its digest (run "
+                "`modelcache verify` to repair it)"
+            )
+        os.chmod(tmp, READ_ONLY)
+        os.rename(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(dest.parent)
+    fsync_dir(tmp.parent)
 
 
 def iter_blobs(layout: Layout) -> Iterator[BlobInfo]:
-    """Every blob on disk (ignores anything in blobs/ that is not named by its digest)."""
+    """Every blob and blob copy on disk, by name (a blob just before its copies); ignores
+    anything in blobs/ that is not named by its digest."""
     try:
         prefixes = sorted(os.scandir(layout.blobs_dir), key=lambda e: e.name)
     except FileNotFoundError:
@@ -106,7 +177,8 @@ def iter_blobs(layout: Layout) -> Iterator[BlobInfo]:
         if not prefix.is_dir(follow_symlinks=False):
             continue
         for entry in sorted(os.scandir(prefix.path), key=lambda e: e.name):
-            if not is_sha256(entry.name) or entry.name[:2] != prefix.name:
+            parsed = parse_blob_name(entry.name)
+            if parsed is None or entry.name[:2] != prefix.name:
                 continue
             try:
                 stat = entry.stat(follow_symlinks=False)
@@ -114,7 +186,10 @@ def iter_blobs(layout: Layout) -> Iterator[BlobInfo]:
                 continue
             if not entry.is_file(follow_symlinks=False):
                 continue
-            yield BlobInfo(entry.name, Path(entry.path), stat.st_size, stat.st_nlink, stat.st_mtime)
+            sha256, copy = parsed
+            yield BlobInfo(
+                sha256, Path(entry.path), stat.st_size, stat.st_nlink, stat.st_mtime, copy
+            )
 
 
 def same_inode(a: Path, b: Path) -> bool:

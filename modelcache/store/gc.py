@@ -1,7 +1,10 @@
 """Garbage collection: orphan blobs, expired holds, old partial downloads, crash leftovers.
 
 A blob is an orphan when its link count is 1: every version file is a hard link to
-it, and a fresh adoption holds a second link until a version is installed. gc runs
+it, and a fresh adoption holds a second link until a version is installed. A copy of
+a blob (`<digest>.<n>`, made at the hard-link limit, see `links`) goes the same way
+once nothing links it; the blob itself stays while any copy of it is linked, since
+it is the name by which the store knows it holds that digest. gc runs
 under the gc lock, which `install_version` also takes while it links, so a blob
 cannot vanish between "it is there" and "a version links it". Whatever another
 process holds a lock on (a download in progress) is skipped, never waited for.
@@ -9,14 +12,15 @@ process holds a lock on (a download in progress) is skipped, never waited for.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelcache.store import locks
-from modelcache.store.blobs import iter_blobs, same_inode
-from modelcache.store.layout import PART_SUFFIX, RESUME_SUFFIX, Layout, is_sha256
+from modelcache.store.blobs import BlobInfo, iter_blobs, same_inode
+from modelcache.store.layout import COPY_SUFFIX, PART_SUFFIX, RESUME_SUFFIX, Layout, is_sha256
 
 
 @dataclass(frozen=True)
@@ -38,8 +42,9 @@ class GcResult:
 
 
 def _digest_of_tmp(name: str) -> str | None:
-    """`<digest>.part` and `<digest>.part.resume.json` belong to a blob download."""
-    stem = name.removesuffix(RESUME_SUFFIX).removesuffix(PART_SUFFIX)
+    """`<digest>.part` and `<digest>.part.resume.json` belong to a blob download,
+    `<digest>.copy` to a blob copy being written."""
+    stem = name.removesuffix(RESUME_SUFFIX).removesuffix(PART_SUFFIX).removesuffix(COPY_SUFFIX)
     return stem if is_sha256(stem) else None
 
 
@@ -77,20 +82,45 @@ def sweep_quarantine(layout: Layout) -> tuple[int, int]:
 
 def sweep_blobs(layout: Layout) -> tuple[int, int]:
     count = freed = 0
-    for blob in iter_blobs(layout):
-        if blob.links != 1:
+    for sha256, group in itertools.groupby(iter_blobs(layout), key=lambda blob: blob.sha256):
+        files = list(group)
+        if all(blob.links != 1 for blob in files):
             continue
-        with locks.try_hold(layout.blob_lock(blob.sha256)) as got:
+        with locks.try_hold(layout.blob_lock(sha256)) as got:
             if not got:
                 continue
-            try:
-                stat = os.lstat(blob.path)
-            except FileNotFoundError:
-                continue
-            if stat.st_nlink == 1:
-                blob.path.unlink()
-                count, freed = count + 1, freed + stat.st_size
+            removed, size = _sweep_digest(files)
+            count, freed = count + removed, freed + size
     return count, freed
+
+
+def _sweep_digest(files: list[BlobInfo]) -> tuple[int, int]:
+    """Unlinked copies of one digest, then the blob itself if it is unlinked and no copy
+    is left (caller holds the blob lock, so nobody links meanwhile)."""
+    count = freed = 0
+    copies_left = 0
+    blob: BlobInfo | None = None
+    for info in files:
+        if info.copy == 0:
+            blob = info
+            continue
+        if _unlink_if_orphan(info.path):
+            count, freed = count + 1, freed + info.size
+        elif info.path.exists():
+            copies_left += 1
+    if blob is not None and not copies_left and _unlink_if_orphan(blob.path):
+        count, freed = count + 1, freed + blob.size
+    return count, freed
+
+
+def _unlink_if_orphan(path: Path) -> bool:
+    try:
+        if os.lstat(path).st_nlink != 1:
+            return False
+    except FileNotFoundError:
+        return False
+    path.unlink()
+    return True
 
 
 def sweep_tmp(layout: Layout, max_age: float, now: float) -> tuple[int, int]:

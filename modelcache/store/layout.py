@@ -2,11 +2,13 @@
 
 ```
 blobs/sha256/<2 hex>/<digest>               read-only blobs
+blobs/sha256/<2 hex>/<digest>.<n>           verified copies of a blob at the hard-link limit
 models/<ns>/<name>/versions/<version>/...   hard links into blobs/ plus manifest.json
 models/<ns>/<name>/{current,previous}       relative symlinks to versions/<v>
 models/<ns>/<name>/pins.json                pinned versions
 models/<ns>/<name>/source.json              the model's L3 URL (for `use`, repairs)
 tmp/<digest>.part (+ .resume.json)          partial downloads
+tmp/<digest>.copy                           a blob copy being written (renamed when complete)
 tmp/adopted/<digest>                        a second link that keeps a fresh blob until installed
 tmp/quarantine/<digest>-<ns>                corrupt blobs moved out of blobs/
 locks/                                      filelock files
@@ -16,25 +18,25 @@ locks/                                      filelock files
 from __future__ import annotations
 
 import re
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from modelcache.api.manifest import MANIFEST_NAME
 from modelcache.api.names import InvalidName, ModelRef, check_version
+from modelcache.fs import token
 from modelcache.store.errors import StoreError
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_BLOB_NAME = re.compile(r"^([0-9a-f]{64})(?:\.([1-9][0-9]{0,8}))?$")
 STAGING_PREFIX = ".staging-"
-DELETING_PREFIX = ".deleting-"
 CURRENT = "current"
 PREVIOUS = "previous"
 PINS = "pins.json"
 SOURCE = "source.json"  # where the model comes from: {"url": ...}
 VERSIONS = "versions"
-LINK_TMP_SUFFIX = ".tmp"
 PART_SUFFIX = ".part"
 RESUME_SUFFIX = ".resume.json"
+COPY_SUFFIX = ".copy"
 
 
 def check_sha256(sha256: str) -> str:
@@ -48,6 +50,14 @@ def is_sha256(name: str) -> bool:
     return _SHA256.fullmatch(name) is not None
 
 
+def parse_blob_name(name: str) -> tuple[str, int] | None:
+    """`<digest>` -> (digest, 0), `<digest>.<n>` -> (digest, n); None for anything else."""
+    match = _BLOB_NAME.fullmatch(name)
+    if match is None:
+        return None
+    return match.group(1), int(match.group(2) or 0)
+
+
 def is_version_name(name: str) -> bool:
     """Entries under versions/ that are versions; staging and deleting dirs start with a dot."""
     try:
@@ -55,11 +65,6 @@ def is_version_name(name: str) -> bool:
     except InvalidName:
         return False
     return True
-
-
-def token() -> str:
-    """A short random suffix for private temporary names."""
-    return secrets.token_hex(4)
 
 
 @dataclass(frozen=True)
@@ -100,12 +105,17 @@ class Layout:
     def gc_lock(self) -> Path:
         return self.locks_dir / "gc.lock"
 
-    def blob_path(self, sha256: str) -> Path:
+    def blob_path(self, sha256: str, copy: int = 0) -> Path:
+        """The blob itself (`copy` 0), or its n-th copy (see `links`)."""
         check_sha256(sha256)
-        return self.blobs_dir / sha256[:2] / sha256
+        name = f"{sha256}.{copy}" if copy else sha256
+        return self.blobs_dir / sha256[:2] / name
 
     def tmp_path(self, sha256: str) -> Path:
         return self.tmp_dir / f"{check_sha256(sha256)}{PART_SUFFIX}"
+
+    def copy_tmp_path(self, sha256: str) -> Path:
+        return self.tmp_dir / f"{check_sha256(sha256)}{COPY_SUFFIX}"
 
     def hold_path(self, sha256: str) -> Path:
         return self.holds_dir / check_sha256(sha256)

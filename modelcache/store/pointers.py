@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from modelcache.store.durable import fsync_dir, symlink_atomic
+from modelcache.fs import fsync_dir, symlink_atomic
 from modelcache.store.layout import VERSIONS, is_version_name
 
 

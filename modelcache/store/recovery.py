@@ -1,7 +1,9 @@
-"""Crash leftovers: staging dirs, half-deleted dirs and temporary links or files.
+"""Crash leftovers: staging dirs, half-deleted dirs, temporary links or files, and blob
+copies that were being written (tmp/<digest>.copy).
 
-None of them is ever visible as a version or as `current`, so removing them is
-always safe *if* no live process is using them: callers hold the model lock.
+None of them is ever visible as a version, a blob or `current`, so removing them is
+always safe *if* no live process is using them: callers hold the model lock, and a
+copy in progress holds its blob's lock.
 """
 
 from __future__ import annotations
@@ -11,18 +13,20 @@ import shutil
 from pathlib import Path
 
 from modelcache.api.names import ModelRef
+from modelcache.fs import DELETING_PREFIX, TMP_SUFFIX, temp_prefix
+from modelcache.store import locks
 from modelcache.store.layout import (
+    COPY_SUFFIX,
     CURRENT,
-    DELETING_PREFIX,
-    LINK_TMP_SUFFIX,
     PINS,
     PREVIOUS,
     STAGING_PREFIX,
     Layout,
+    is_sha256,
 )
 
-_TMP_LINKS = (CURRENT + LINK_TMP_SUFFIX, PREVIOUS + LINK_TMP_SUFFIX)
-_TMP_PINS = f".{PINS}{LINK_TMP_SUFFIX}-"
+_TMP_LINKS = (CURRENT + TMP_SUFFIX, PREVIOUS + TMP_SUFFIX)
+_TMP_PINS = temp_prefix(PINS)
 
 
 def clean_model(layout: Layout, model: ModelRef) -> int:
@@ -70,5 +74,23 @@ def clean_deleted_models(layout: Layout) -> int:
         for entry in os.scandir(namespace.path):
             if entry.name.startswith(DELETING_PREFIX):
                 shutil.rmtree(entry.path, ignore_errors=True)
+                removed += 1
+    return removed
+
+
+def clean_blob_copies(layout: Layout) -> int:
+    """Half-written blob copies (see `links`) whose blob nobody holds: a crash's leftovers."""
+    removed = 0
+    try:
+        entries = list(os.scandir(layout.tmp_dir))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        digest = entry.name.removesuffix(COPY_SUFFIX)
+        if digest == entry.name or not is_sha256(digest):
+            continue
+        with locks.try_hold(layout.blob_lock(digest)) as got:
+            if got:
+                Path(entry.path).unlink(missing_ok=True)
                 removed += 1
     return removed

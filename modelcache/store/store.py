@@ -10,6 +10,10 @@ their own hard link, so nothing disappears under a running model); download it
 again to `tmp_path`, `adopt_blob` it, then `relink` replaces every version file
 with that digest by a link to the good blob, one atomic rename per file. gc drops
 the quarantined copy once no version links it.
+
+Any number of files may share one blob: past the filesystem's hard-link limit (65,000
+on ext4) files are linked to verified copies of the blob (`links`), which gc collects,
+and verify and quarantine cover, like the blob itself.
 """
 
 from __future__ import annotations
@@ -24,16 +28,18 @@ from pathlib import Path
 
 from modelcache.api.manifest import Manifest
 from modelcache.api.names import ModelRef
-from modelcache.store import blobs, locks, pins, pointers, recovery, space, warm
-from modelcache.store import versions as trees
-from modelcache.store.durable import make_dirs, remove_tree, write_atomic
+from modelcache.fs import make_dirs, read_capped, remove_tree, write_atomic
+from modelcache.store import blobs, locks, pins, pointers, recovery, space, trees, warm
 from modelcache.store.errors import ProtectedVersion, StoreError, VersionNotInstalled
 from modelcache.store.gc import GcResult, collect
 from modelcache.store.layout import Layout, check_sha256
+from modelcache.store.links import Linker
 
 log = logging.getLogger(__name__)
 
 DAY = 24 * 3600.0
+SOURCE_MAX_BYTES = 64 * 1024
+"""source.json holds one URL (at most a few KiB): anything larger is not ours."""
 
 
 class Store:
@@ -41,12 +47,15 @@ class Store:
 
     def __init__(
         self,
-        root: Path,
+        root: str | os.PathLike[str],
         *,
         high_watermark: float = 0.95,
         reserve_bytes: int = 0,
         recover: bool = True,
+        link_limit: int | None = None,
     ) -> None:
+        """`link_limit`: links per blob before a copy takes the next ones; None leaves it to
+        the filesystem (EMLINK), a number (>= 2) is for tests and filesystems that lie."""
         if not 0.0 < high_watermark <= 1.0:
             raise ValueError(f"high_watermark must be in (0, 1], got {high_watermark}")
         if reserve_bytes < 0:
@@ -54,6 +63,9 @@ class Store:
         self.root = Path(root).absolute()
         self.high_watermark = high_watermark
         self.reserve_bytes = reserve_bytes
+        if link_limit is not None and link_limit < 2:
+            raise ValueError(f"link_limit must be >= 2, got {link_limit}")
+        self.link_limit = link_limit
         self._layout = Layout(self.root)
         self._layout.make_dirs()
         if recover:
@@ -63,6 +75,7 @@ class Store:
     def recover(self) -> int:
         """Remove crash leftovers of models nobody is working on; returns how many."""
         removed = recovery.clean_deleted_models(self._layout)
+        removed += recovery.clean_blob_copies(self._layout)
         for model in self.models():
             with locks.try_hold(self._layout.model_lock(model)) as got:
                 if got:
@@ -93,6 +106,7 @@ class Store:
             return blobs.adopt(self._layout, tmp, sha256)
 
     def verify_blob(self, sha256: str) -> bool:
+        """Rehash the blob and any copies of it (see `links`): all must match."""
         return blobs.verify(self._layout, sha256)
 
     def quarantine_blob(self, sha256: str) -> None:
@@ -107,12 +121,16 @@ class Store:
         if not self.has_blob(sha256):
             raise StoreError(f"cannot relink {sha256}: {self.blob_path(sha256)} is missing")
         count = 0
+        linker = self._linker()
         for model in self.models():
             with locks.hold(self._layout.model_lock(model)):
                 for installed in trees.list_installed(self._layout, model):
                     entries = [f for f in installed.manifest.files if f.sha256 == sha256]
-                    count += trees.relink_files(self._layout, installed.path, entries)
+                    count += trees.relink_files(self._layout, installed.path, entries, linker)
         return count
+
+    def _linker(self) -> Linker:
+        return Linker(self._layout, self.link_limit)
 
     # -- space ------------------------------------------------------------------------------
     def ensure_space(self, needed_bytes: int) -> None:
@@ -126,8 +144,8 @@ class Store:
     def usage(self) -> space.Usage:
         stats = space.disk_stats(self.root)
         count = size = 0
-        for blob in blobs.iter_blobs(self._layout):
-            count, size = count + 1, size + blob.size
+        for blob in blobs.iter_blobs(self._layout):  # copies hold bytes, not another blob
+            count, size = count + (blob.copy == 0), size + blob.size
         return space.Usage(
             root=self.root,
             total_bytes=stats.total_bytes,
@@ -153,10 +171,10 @@ class Store:
                     remove_tree(final)
                 make_dirs(layout.versions_dir(model))
                 stamp = trees.next_install_ns(layout, model, time.time_ns())
-                staging = trees.build(layout, model, manifest, stamp)
+                staging = trees.build(layout, model, manifest, stamp, self._linker())
                 trees.publish(staging, final)
-            for entry in manifest.files:
-                blobs.release_hold(layout, entry.sha256)
+            for sha256 in {entry.sha256 for entry in manifest.files}:
+                blobs.release_hold(layout, sha256)
         return final
 
     def _repair_installed(self, model: ModelRef, manifest: Manifest, final: Path) -> None:
@@ -168,7 +186,7 @@ class Store:
             )
         missing = trees.incomplete_files(final, manifest)
         if missing:
-            trees.relink_files(self._layout, final, missing)
+            trees.relink_files(self._layout, final, missing, self._linker())
             log.warning("%s: re-linked %d damaged files of %s", model, len(missing), final)
 
     def has_version(self, model: ModelRef, version: str) -> bool:
@@ -242,8 +260,8 @@ class Store:
 
     def source(self, model: ModelRef) -> str | None:
         try:
-            data = json.loads(self._layout.source_file(model).read_text())
-        except (OSError, ValueError):
+            data = json.loads(read_capped(self._layout.source_file(model), SOURCE_MAX_BYTES))
+        except (OSError, ValueError):  # FileRefused is an OSError: a FIFO is no source
             return None
         url = data.get("url") if isinstance(data, dict) else None
         return url if isinstance(url, str) else None

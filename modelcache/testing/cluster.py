@@ -30,6 +30,7 @@ from typing import Any, ClassVar
 import yaml
 from filelock import FileLock, Timeout
 
+from modelcache.api.layout import DEFAULT_ROOT
 from modelcache.testing import hostnet, reaper
 from modelcache.testing.cache import cache_dir
 from modelcache.testing.containerd import BIG_IMAGE_BYTES, import_disk_need, unpacked_layer_digests
@@ -54,7 +55,7 @@ from modelcache.testing.toolchain import (
 )
 
 Report = Callable[[str], None]
-HOSTPATH = Path("/var/lib/modelcache")  # the chart's agent.cacheRoot
+HOSTPATH = DEFAULT_ROOT  # the chart's agent.cacheRoot
 # Where kubelet, containerd's CNI and kubelet's log links write whatever their flags say
 # (kubelet's device-plugin socket is fixed at /var/lib/kubelet/device-plugins/kubelet.sock:
 # two kubelets starting at once raced for it). Each node mounts its own dir over each one.

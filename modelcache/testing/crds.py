@@ -9,7 +9,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelcache.api.k8s import GROUP, VERSION
+from modelcache.api.k8s import GROUP, MODEL_VERSIONS, NODE_CACHES, VERSION
 
 REPO_CRDS = Path(__file__).resolve().parents[2] / "crds"
 
@@ -27,8 +27,8 @@ def install_crds(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            custom.list_namespaced_custom_object(GROUP, VERSION, "default", "modelversions")
-            custom.list_cluster_custom_object(GROUP, VERSION, "nodecaches")
+            custom.list_namespaced_custom_object(GROUP, VERSION, "default", MODEL_VERSIONS)
+            custom.list_cluster_custom_object(GROUP, VERSION, NODE_CACHES)
             return custom
         except ApiException as error:
             if error.status != 404 or time.monotonic() > deadline:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelcache.api.layout import DEFAULT_ROOT
 from modelcache.testing.cache import cache_dir
 from modelcache.testing.images import PROJECT_IMAGES, REPO, STUDIO, ProjectImage
 from modelcache.testing.toolchain import KUBERNETES_VERSION
@@ -28,7 +29,7 @@ Report = Callable[[str], None]
 CLUSTER_NAME = "modelcache-e2e"
 # kind publishes node images per release: MODELCACHE_KIND_IMAGE picks another one.
 NODE_IMAGE = os.environ.get("MODELCACHE_KIND_IMAGE", f"kindest/node:{KUBERNETES_VERSION}")
-CACHE_PATH = "/var/lib/modelcache"  # the chart's agent.hostPath, inside each kind node
+CACHE_PATH = str(DEFAULT_ROOT)  # the chart's agent.hostPath, inside each kind node
 TOOLS = ("docker", "kind", "kubectl", "helm")
 
 

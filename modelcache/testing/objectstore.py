@@ -76,6 +76,7 @@ class ObjectStore:
             [
                 *self.command_prefix,
                 str(weed),
+                f"-logdir={self.work_dir}",  # glog files go with the store, not into /tmp
                 "server",
                 f"-ip={self.host}",
                 f"-ip.bind={self.host}",
@@ -176,8 +177,33 @@ class ObjectStore:
         if self.process is not None:
             self.process.stop()
             self.process = None
+            self._remove_sockets()
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
+
+    def sockets(self) -> list[Path]:
+        """The unix sockets weed makes in /tmp for its own servers (named by their ports):
+        a stopped (killed) weed leaves them behind."""
+        ports = (
+            self.port,
+            self.s3_grpc_port,
+            self.master_port,
+            self.master_grpc_port,
+            self.volume_port,
+            self.volume_grpc_port,
+            self.filer_port,
+            self.filer_grpc_port,
+        )
+        return [
+            path
+            for port in ports
+            for path in Path(tempfile.gettempdir()).glob(f"seaweedfs-*-{port}.sock")
+            if path.is_socket()
+        ]
+
+    def _remove_sockets(self) -> None:
+        for path in self.sockets():
+            path.unlink(missing_ok=True)
 
     def __enter__(self) -> ObjectStore:
         return self.start()

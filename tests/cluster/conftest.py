@@ -45,7 +45,13 @@ def unavailable() -> str | None:
 
 # The order the modules need: the kill -9 test before the session's cluster exists, the
 # faults (which stop a kubelet and add a node) after everything that counts nodes.
-ORDER = ("test_cleanup", "test_deploy", "test_least_privilege", "test_studio_rollout")
+ORDER = (
+    "test_cleanup",
+    "test_docs_snippets",
+    "test_deploy",
+    "test_least_privilege",
+    "test_studio_rollout",
+)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -18,9 +18,7 @@ from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelcache.api.k8s import GROUP, VERSION
-from modelcache.sources.base import Credentials
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import Credentials, open_source, publish
 from modelcache.testing.e2e import ClusterNode
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
 from tests.cluster.conftest import CREDENTIALS, Cluster, Release, pod_http, pods, unique

@@ -21,9 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from examples.studio import adapters
 from examples.studio.model import StudioConfig, apply_adapter, build_model, generate, image_sha256
 from modelcache.api.k8s import GROUP, VERSION
-from modelcache.sources.base import Credentials
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import Credentials, open_source, publish
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY, ObjectStore
 from tests.cluster.conftest import Cluster, PodUnreachable, Release, pod_http, pods
 from tests.cluster.test_deploy import eventually

@@ -30,8 +30,7 @@ from modelcache.agent.events import (
     read_events,
 )
 from modelcache.agent.metrics import AgentMetrics
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import open_source, publish
 from modelcache.store import ModelRef, Store
 from modelcache.testing import ObjectStore
 from tests.integration.cli.support import make_model

@@ -22,16 +22,13 @@ from kubernetes import client
 from modelcache.agent.config import load_config
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import EventLog
+from modelcache.agent.kube import KubeClient
 from modelcache.agent.kubeagent import KubeAgent
-from modelcache.agent.kubeapi import KubeClient
 from modelcache.agent.standalone import StandaloneAgent, desired
 from modelcache.api.k8s import GROUP, VERSION
 from modelcache.api.nodecache import NodeModel
-from modelcache.sources.download import PullOptions
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
-from modelcache.store import Store
-from modelcache.store.layout import Layout
+from modelcache.sources import PullOptions, open_source, publish
+from modelcache.store import Layout, Store
 from modelcache.testing import KubeControlPlane, ObjectStore, Toolchain
 from tests.integration.cli.support import make_model
 from tests.waiting import wait_for

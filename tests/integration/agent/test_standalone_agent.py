@@ -18,8 +18,7 @@ import pytest
 import yaml
 
 from modelcache.agent.events import read_events
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import open_source, publish
 from modelcache.testing import ObjectStore
 from modelcache.testing.ports import free_port
 from tests.integration.cli.support import make_model

@@ -53,6 +53,10 @@ def test_valid_model_version_is_stored_with_defaults(
         ({"rollout": {"maxUnavailable": "0%"}}, "maxUnavailable must be a count >= 1"),
         ({"version": "v1/../v2"}, "without '/' or '..'"),
         ({"version": "a..b"}, "without '/' or '..'"),
+        (  # a query could carry a token into the status and events
+            {"reload": {"podSelector": {"matchLabels": {"app": "x"}}, "path": "/r?token=x"}},
+            "spec.reload.path",
+        ),
     ],
 )
 def test_invalid_model_version_is_rejected_with_the_cel_message(

@@ -13,10 +13,8 @@ import pytest
 
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import EventLog
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
-from modelcache.store import ModelRef, Store
-from modelcache.store.errors import DiskFull
+from modelcache.sources import open_source, publish
+from modelcache.store import DiskFull, ModelRef, Store
 from tests.integration.cli.support import BUCKET, Cli, make_model, same_tree
 
 SMALL = {"lora/20.safetensors": 256 * 1024, "vae/config.json": 700}

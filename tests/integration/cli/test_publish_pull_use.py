@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcache.sources.checksum import StreamHasher
+from modelcache.fs import StreamHasher
 from modelcache.testing import ObjectStore
 from modelcache.testing.ports import free_port
 from tests.integration.cli.support import BUCKET, Cli, make_model, same_tree

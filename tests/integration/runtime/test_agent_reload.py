@@ -13,8 +13,7 @@ import yaml
 
 from modelcache.agent.standalone import StandaloneAgent
 from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, RuntimeConfig
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import open_source, publish
 from tests.unit.runtime.support import build, expected_model, inputs, make_adapter, run
 from tests.waiting import wait_for
 

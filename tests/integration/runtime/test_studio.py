@@ -22,8 +22,7 @@ from examples.studio import adapters
 from examples.studio.model import StudioConfig, apply_adapter, build_model, generate, image_sha256
 from modelcache.agent.standalone import StandaloneAgent
 from modelcache.api.names import ModelRef
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import open_source, publish
 from modelcache.store import Store
 from modelcache.testing.ports import free_port
 from modelcache.testing.process import ManagedProcess

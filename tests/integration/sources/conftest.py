@@ -19,9 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from modelcache.sources.base import ObjectClient
+from modelcache.sources import ObjectClient, open_source
 from modelcache.sources.local import file_etag
-from modelcache.sources.registry import open_source
 from modelcache.testing import ObjectStore
 from modelcache.testing.objectstore import ACCESS_KEY, SECRET_KEY
 

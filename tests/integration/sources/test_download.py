@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -14,29 +15,24 @@ from pathlib import Path
 import pytest
 
 from modelcache.api.manifest import ManifestFile
-from modelcache.sources import oss as oss_backend
-from modelcache.sources import s3 as s3_backend
-from modelcache.sources.base import (
+from modelcache.fs import StreamHasher
+from modelcache.sources import (
     Credentials,
     ObjectChanged,
     ObjectClient,
     ObjectNotFound,
-    SourceReadOnly,
-    SourceUnreachable,
-)
-from modelcache.sources.checksum import StreamHasher
-from modelcache.sources.download import (
-    Part,
     PullCancelled,
     PullOptions,
     RateLimiter,
-    ResumeRecord,
+    SourceReadOnly,
+    SourceUnreachable,
     VerificationError,
     download_file,
-    plan_parts,
-    resume_path,
+    open_source,
+    oss,
+    s3,
 )
-from modelcache.sources.registry import open_source
+from modelcache.sources.resume import Part, ResumeRecord, plan_parts, resume_path
 from modelcache.testing import ObjectStore
 from modelcache.testing.ports import free_port
 from tests.integration.sources.conftest import BUCKET, Location, RangeServer, make_location
@@ -218,7 +214,7 @@ def test_large_upload_goes_multipart_and_downloads_back(
     http_root: tuple[Path, str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    backend = oss_backend if scheme == "oss" else s3_backend
+    backend = oss if scheme == "oss" else s3
     monkeypatch.setattr(backend, "MULTIPART_THRESHOLD", MiB)
     monkeypatch.setattr(backend, "PART_SIZE", 5 * MiB)
     location = make_location(scheme, store_env, tmp_path, http_root)
@@ -351,8 +347,7 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from modelcache.api.manifest import ManifestFile
-from modelcache.sources.download import PullOptions, download_file
-from modelcache.sources.registry import open_source
+from modelcache.sources import PullOptions, download_file, open_source
 
 job = json.loads(sys.argv[1])
 options = PullOptions(concurrency=4, part_size=job["part_size"], bandwidth_limit=job["rate"])
@@ -473,3 +468,144 @@ def test_a_cancelled_download_stops_where_it_is_and_resumes(
     download_file(location.client, KEY, entry_for(data), dest, options=options, progress=progress)
     assert dest.read_bytes() == data
     assert first + sum(received) <= len(data) + 2 * (MiB // 4), "only the rest was fetched"
+
+
+# -- special files where a download keeps its files, and records that lie ---------------------
+
+
+def release_fifo(path: Path) -> None:
+    """Let go of a reader blocked on a FIFO at `path` (the old code): a writer comes and goes."""
+    with contextlib.suppress(OSError):
+        if path.is_fifo():
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def put_in_the_way(path: Path, kind: str) -> None:
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "empty directory":
+        path.mkdir()
+    else:  # a directory with something in it: moved aside, never deleted unseen
+        path.mkdir()
+        (path / "kept").write_bytes(b"not ours to delete")
+
+
+@pytest.mark.timeout(120)  # the guard: a FIFO read as a record waited for a writer forever
+@pytest.mark.parametrize("where", ["record", "partial"])
+@pytest.mark.parametrize("kind", ["fifo", "empty directory", "directory"])
+def test_a_special_file_where_a_download_keeps_its_files_does_not_stop_it(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str], where: str, kind: str
+) -> None:
+    """A FIFO or a directory at `<dest>.resume.json` or at `<dest>` itself: the download
+    clears it without opening it (a directory with entries is renamed aside) and completes."""
+    location = make_location("oss", store_env, tmp_path, http_root)
+    data = os.urandom(3 * MiB + 5)
+    location.put(KEY, data)
+    dest = tmp_path / "tmp" / "blob.part"
+    dest.parent.mkdir()
+    in_the_way = resume_path(dest) if where == "record" else dest
+    put_in_the_way(in_the_way, kind)
+    told: list[str] = []
+    try:
+        download_file(
+            location.client,
+            KEY,
+            entry_for(data),
+            dest,
+            options=PullOptions(part_size=MiB),
+            on_resume_discarded=told.append,
+        )
+    finally:
+        release_fifo(in_the_way)
+    assert dest.read_bytes() == data
+    assert not resume_path(dest).exists()
+    aside = [p for p in dest.parent.iterdir() if ".aside-" in p.name]
+    if kind == "directory":
+        (moved,) = aside
+        assert (moved / "kept").read_bytes() == b"not ours to delete"
+    else:
+        assert not aside
+    if where == "record":  # a record that cannot be read is a record not trusted, and said so
+        (reason,) = told
+        assert str(in_the_way) in reason
+
+
+@pytest.mark.timeout(120)
+def test_a_fifo_as_the_partial_of_an_empty_file_with_its_record_is_replaced(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    """A matching record beside a FIFO of the right size (zero): the FIFO is never taken
+    for the downloaded file."""
+    location = make_location("s3", store_env, tmp_path, http_root)
+    location.put(KEY, b"")
+    dest = tmp_path / "blob.part"
+    os.mkfifo(dest)
+    info = location.client.head(KEY)
+    resume_path(dest).write_bytes(ResumeRecord(KEY, info.etag, 0, MiB).to_json())
+    download_file(location.client, KEY, entry_for(b""), dest, options=PullOptions(part_size=MiB))
+    assert dest.is_file()
+    assert dest.read_bytes() == b""
+
+
+def lying_record(location: Location, dest: Path, data: bytes, part_size: int) -> None:
+    """A partial of the right size holding zeros, and a record claiming every part done but
+    the last, and the first bytes of that one: what a disk that lost writes leaves."""
+    info = location.client.head(KEY)
+    parts = plan_parts(len(data), part_size)
+    dest.write_bytes(bytes(len(data)))
+    done = frozenset(p.index for p in parts[:-1])
+    record = ResumeRecord(KEY, info.etag, len(data), part_size, done, ((parts[-1].index, 10),))
+    resume_path(dest).write_bytes(record.to_json())
+
+
+def test_a_resumed_file_that_fails_its_checksum_is_fetched_again_from_zero(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    location = make_location("s3", store_env, tmp_path, http_root)
+    data = os.urandom(4 * MiB + 1000)
+    location.put(KEY, data)
+    dest, seen, told = tmp_path / "blob", Counted(), list[str]()
+    lying_record(location, dest, data, MiB)
+    download_file(
+        location.client,
+        KEY,
+        entry_for(data),
+        dest,
+        options=PullOptions(part_size=MiB),
+        progress=seen,
+        on_resume_discarded=told.append,
+    )
+    assert dest.read_bytes() == data
+    assert seen.total == (1000 - 10) + len(data)  # the rest of the resumed tail, then all
+    (reason,) = told
+    assert "sha256 mismatch" in reason
+    assert "from zero" in reason
+    assert not resume_path(dest).exists()
+
+
+def test_a_mismatch_after_the_fetch_from_zero_is_final(
+    store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    """Healing is once: an object that really differs from its manifest still fails, after
+    one fetch from zero, never a loop."""
+    location = make_location("oss", store_env, tmp_path, http_root)
+    original = os.urandom(2 * MiB)
+    tampered = bytes([original[0] ^ 0xFF]) + original[1:]
+    location.put(KEY, tampered)
+    dest, seen, told = tmp_path / "blob", Counted(), list[str]()
+    lying_record(location, dest, tampered, MiB)
+    with pytest.raises(VerificationError) as error:
+        download_file(
+            location.client,
+            KEY,
+            entry_for(original),
+            dest,
+            options=PullOptions(part_size=MiB),
+            progress=seen,
+            on_resume_discarded=told.append,
+        )
+    assert error.value.what == "sha256"
+    assert seen.total == (MiB - 10) + len(tampered)
+    assert len(told) == 1
+    assert not dest.exists()
+    assert not resume_path(dest).exists()

@@ -8,14 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from modelcache.sources.base import Progress, SourceError
-from modelcache.sources.publish import (
-    VersionExists,
-    claim_key,
-    manifest_key,
-    publish,
-    read_manifest,
-)
+from modelcache.sources import Progress, SourceError, VersionExists, publish, read_manifest
+from modelcache.sources.publish import claim_key, manifest_key
 from modelcache.sources.s3 import S3ObjectClient
 from modelcache.testing import ObjectStore
 from tests.integration.sources.conftest import make_location
@@ -38,8 +32,8 @@ def test_a_claimed_version_name_refuses_a_second_publish(
     client.delete([claim_key("v1")])  # the other publish is done (or its claim cleared)
     manifest = publish(client, model, "v1")
     assert read_manifest(client, "v1") == manifest
-    assert not client.exists(claim_key("v1"))
-    with pytest.raises(VersionExists):
+    assert client.exists(claim_key("v1")), "the claim stays: the name is used for good"
+    with pytest.raises(VersionExists, match="already exists"):
         publish(client, model, "v1")
 
 

@@ -13,17 +13,17 @@ from pathlib import Path
 import pytest
 
 from modelcache.api.manifest import INDEX_NAME, VersionIndex
-from modelcache.sources.base import ObjectClient, SourceError
-from modelcache.sources.publish import (
+from modelcache.sources import (
+    ObjectClient,
+    SourceError,
     VersionExists,
-    claim_key,
     list_versions,
-    manifest_key,
     prune,
     publish,
     read_manifest,
     rebuild_index,
 )
+from modelcache.sources.publish import claim_key, manifest_key
 from modelcache.testing import ObjectStore
 from tests.integration.sources.conftest import make_location
 
@@ -33,8 +33,7 @@ CHILD = textwrap.dedent(
     """
     import os, signal, sys
     from pathlib import Path
-    from modelcache.sources.publish import publish
-    from modelcache.sources.registry import open_source
+    from modelcache.sources import open_source, publish
 
     url, directory, version, fatal = sys.argv[1:]
     client = open_source(url)
@@ -141,11 +140,29 @@ def test_an_index_deleted_by_hand_is_rebuilt_from_the_manifests(
     if scheme in ("oss", "http"):  # oss2 cannot parse SeaweedFS's listing; http has none
         with pytest.raises(SourceError, match="cannot be listed"):
             rebuild_index(client)
-        rebuilt = rebuild_index(writer, ["v1", "v2"])
+        rebuilt = rebuild_index(writer, ["v1", "v2"]).index
     else:
-        rebuilt = rebuild_index(client)
+        rebuilt = rebuild_index(client).index
     assert [(e.version, e.state, e.size) for e in rebuilt.versions] == [
         ("v1", "published", 1),
         ("v2", "published", 2),
     ]
     assert list_versions(client) == rebuilt
+
+
+@pytest.mark.parametrize("scheme", ["s3", "file"])
+def test_a_rebuild_skips_garbage_manifests_and_rebuilds_from_the_rest(
+    scheme: str, store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+) -> None:
+    client = make_location(scheme, store_env, tmp_path, http_root).client
+    for n, version in enumerate(["v1", "v2", "v3", "v4"]):
+        publish(client, model_dir(tmp_path, version, b"x" * (n + 1)), version)
+    client.put_bytes(manifest_key("v2"), b"{not json")
+    client.put_bytes(manifest_key("v3"), b'{"schemaVersion": 1, "version": "v9"}')
+    client.put_bytes(INDEX_NAME, b"\x00garbage")
+
+    rebuilt = rebuild_index(client)
+    assert [version for version, _ in rebuilt.skipped] == ["v2", "v3"]
+    assert all("invalid manifest" in why or "says version" in why for _, why in rebuilt.skipped)
+    assert [(e.version, e.size) for e in rebuilt.index.versions] == [("v1", 1), ("v4", 4)]
+    assert list_versions(client) == rebuilt.index, "written: every reader sees it"

@@ -47,3 +47,13 @@ def test_oss2_put_then_s3_get(object_store: ObjectStore, bucket: str) -> None:
 def test_missing_object_is_a_not_found_error(object_store: ObjectStore, bucket: str) -> None:
     with pytest.raises(oss2.exceptions.NoSuchKey):
         object_store.oss_bucket(bucket).get_object("does/not/exist")
+
+
+def test_a_stopped_store_leaves_no_sockets_in_tmp() -> None:
+    """weed makes unix sockets in /tmp for its servers; the store removes its own."""
+    with ObjectStore() as store:
+        store.create_bucket("sockets")
+        made = store.sockets()
+        assert made, "weed made its sockets (else this test checks nothing)"
+    assert store.sockets() == []
+    assert not any(path.exists() for path in made)

@@ -8,9 +8,7 @@ import pytest
 
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import EventLog
-from modelcache.sources.base import SourceError
-from modelcache.sources.publish import publish
-from modelcache.sources.registry import open_source
+from modelcache.sources import SourceError, open_source, publish
 from modelcache.store import ModelRef, Store
 
 MODEL = ModelRef("studio", "lora")

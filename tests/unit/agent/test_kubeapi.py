@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
+import os
 import ssl
 import subprocess
 import sys
@@ -15,19 +17,21 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
-from modelcache.agent import kubeapi
-from modelcache.agent.kubeapi import (
+from modelcache.agent.kube import (
     ApiError,
     ClusterConfig,
-    ConfigError,
     KubeClient,
+    KubeconfigError,
     core_path,
     custom_objects_path,
     in_cluster_config,
     iter_lines,
     load_kubeconfig,
 )
+from modelcache.agent.kube import client as kube_client
 from modelcache.testing.pki import ApiserverPki, write_apiserver_pki
 
 
@@ -133,7 +137,7 @@ def test_missing_certificate_file_is_a_config_error(tmp_path: Path) -> None:
         {"server": "https://example:6443", "certificate-authority": "missing.crt"},
         {"token": "t"},
     )
-    with pytest.raises(ConfigError, match=r"missing\.crt"):
+    with pytest.raises(KubeconfigError, match=r"missing\.crt"):
         load_kubeconfig(path)
 
 
@@ -187,12 +191,12 @@ def test_config_errors(
     tmp_path: Path, user: dict[str, Any], current: str | None, context: str | None, match: str
 ) -> None:
     path = _kubeconfig(tmp_path / "k", {"server": "https://x"}, user, current=current)
-    with pytest.raises(ConfigError, match=match):
+    with pytest.raises(KubeconfigError, match=match):
         load_kubeconfig(path, context=context)
 
 
 def test_no_kubeconfig_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no kubeconfig"):
+    with pytest.raises(KubeconfigError, match="no kubeconfig"):
         load_kubeconfig(tmp_path / "absent")
 
 
@@ -220,10 +224,10 @@ def test_in_cluster(tmp_path: Path, pki: ApiserverPki) -> None:
 
 
 def test_in_cluster_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="not in a cluster"):
+    with pytest.raises(KubeconfigError, match="not in a cluster"):
         in_cluster_config({}, tmp_path)
     env = {"KUBERNETES_SERVICE_HOST": "10.0.0.1", "KUBERNETES_SERVICE_PORT": "443"}
-    with pytest.raises(ConfigError, match="token"):
+    with pytest.raises(KubeconfigError, match="token"):
         in_cluster_config(env, tmp_path)
 
 
@@ -241,16 +245,16 @@ def test_token_file_is_reread_once_old(tmp_path: Path) -> None:
     token_file = tmp_path / "token"
     token_file.write_text("one\n")
     clock = [1000.0]
-    token = kubeapi._Token(None, token_file, clock=lambda: clock[0])
+    token = kube_client._Token(None, token_file, clock=lambda: clock[0])
     assert token.get() == "one"
     token_file.write_text("two")
-    clock[0] += kubeapi.TOKEN_REFRESH_SECONDS - 1
+    clock[0] += kube_client.TOKEN_REFRESH_SECONDS - 1
     assert token.get() == "one"
     assert token.get(force=True) == "two"
     token_file.write_text("three")
-    clock[0] += kubeapi.TOKEN_REFRESH_SECONDS
+    clock[0] += kube_client.TOKEN_REFRESH_SECONDS
     assert token.get() == "three"
-    assert kubeapi._Token("static", None).get(force=True) == "static"
+    assert kube_client._Token("static", None).get(force=True) == "static"
 
 
 # -- pure helpers ------------------------------------------------------------------------
@@ -277,9 +281,9 @@ def test_paths() -> None:
 
 def test_api_error_from_status_body() -> None:
     body = json.dumps({"kind": "Status", "reason": "NotFound", "message": 'x "y" not found'})
-    error = kubeapi._api_error(404, "Not Found", body.encode())
+    error = kube_client._api_error(404, "Not Found", body.encode())
     assert (error.status, error.reason, error.body) == (404, "Not Found", 'x "y" not found')
-    raw = kubeapi._api_error(502, "Bad Gateway", b"<html>")
+    raw = kube_client._api_error(502, "Bad Gateway", b"<html>")
     assert (raw.status, raw.body) == (502, "<html>")
 
 
@@ -403,8 +407,9 @@ from modelcache.cli import agent
 from prometheus_client import start_http_server
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import EventLog
+from modelcache.agent.daemon import run_kubernetes
+from modelcache.agent.kube import KubeClient
 from modelcache.agent.kubeagent import KubeAgent
-from modelcache.agent.kubeapi import KubeClient
 from modelcache.agent.metrics import AgentMetrics
 from modelcache.agent.scrubber import Scrubber
 from modelcache.store import Store
@@ -423,3 +428,48 @@ def test_the_agent_in_kubernetes_mode_does_not_import_kubernetes() -> None:
     # client builds its models on first use, so its cost shows in a running agent (idle
     # VmRSS 107 -> 80 MB, bench/rollback.py). This bound catches large new imports.
     assert rss_mb < 64, f"import-time VmRSS {rss_mb} MB"
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"token: SECRETTOKEN\n  bad: [indent\n",
+        b"users: [{name: x, user: {token: SECRETTOKEN}}\n",
+        b"!!python/object SECRETTOKEN\n",
+        b"\x00SECRETTOKEN",
+    ],
+)
+def test_a_kubeconfig_that_is_not_yaml_is_named_never_echoed(tmp_path: Path, data: bytes) -> None:
+    """A kubeconfig holds credentials: an error about it names the file and the problem."""
+    path = tmp_path / "config"
+    path.write_bytes(data)
+    with pytest.raises(KubeconfigError) as refused:
+        load_kubeconfig(path)
+    assert str(path) in str(refused.value)
+    assert "SECRETTOKEN" not in str(refused.value)
+
+
+def test_a_fifo_as_the_kubeconfig_is_refused_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "config"
+    os.mkfifo(path)
+    with pytest.raises(KubeconfigError, match="is a FIFO"):
+        load_kubeconfig(path)
+
+
+@given(
+    lines=st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")), max_size=8),
+    cuts=st.lists(st.integers(0, 400), max_size=10),
+)
+def test_iter_lines_gives_the_lines_however_the_stream_is_cut(
+    lines: list[bytes], cuts: list[int]
+) -> None:
+    stream = b"".join(line + b"\n" for line in lines)
+    bounds = sorted({0, len(stream), *(c for c in cuts if c < len(stream))})
+    chunks = [stream[a:b] for a, b in itertools.pairwise(bounds)]
+    assert list(iter_lines(chunks)) == [line for line in lines if line.strip()]
+
+
+def test_a_watch_line_past_its_cap_is_an_error_not_memory() -> None:
+    endless = (b"x" * 1024 for _ in range(10_000))  # 10 MiB without a newline
+    with pytest.raises(ApiError, match="watch event over 65,536 bytes"):
+        list(iter_lines(endless, limit=64 * 1024))

@@ -3,14 +3,21 @@ a permanent failure is reported as such and not retried until the source changes
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import CacheEvent, EventLog, Failed
-from modelcache.agent.reconciler import DesiredModel, NodeReconciler, is_permanent
-from modelcache.sources.base import ObjectNotFound, SourceError, SourceUnreachable
-from modelcache.sources.publish import VersionMissing, publish
-from modelcache.sources.registry import open_source
+from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint, is_permanent
+from modelcache.api import NodeModelStatus
+from modelcache.sources import (
+    ObjectNotFound,
+    SourceError,
+    SourceUnreachable,
+    VersionMissing,
+    open_source,
+    publish,
+)
 from modelcache.store import ModelRef, Store
 
 MODEL = ModelRef("studio", "lora")
@@ -65,3 +72,39 @@ def test_a_missing_version_is_failed_for_good_until_the_source_changes(tmp_path:
     assert reconciler.engine.store.current(MODEL) == "v9"
     (version,) = reconciler.report(want(f"file://{moved}")).versions
     assert version.state == "Cached"
+
+
+def test_the_report_is_the_models_nodecache_status_entry(tmp_path: Path) -> None:
+    """What the reconciler reports is the api's status type itself, as the Kubernetes agent
+    patches it: held versions, and each reload target's last call (here: nobody listening)."""
+    l3 = tmp_path / "l3"
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "w.bin").write_bytes(b"weights")
+    publish(open_source(f"file://{l3}"), tmp_path / "model", "v1")
+    with socket.socket() as closed:  # a port nobody listens on
+        closed.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}/modelcache/reload"
+    reconciler = NodeReconciler(
+        CacheEngine(Store(tmp_path / "cache"), EventLog()),
+        reload_targets=lambda d: [ReloadEndpoint(name="studio-0", url=url)],
+    )
+    want = DesiredModel(
+        model=MODEL, source=f"file://{l3}", active="v1", versions=("v1",), retain=2, reload=True
+    )
+    reconciler.step([want])
+    assert reconciler.wait_idle(30)
+    reconciler.step([want])
+    report = reconciler.report(want)
+    assert isinstance(report, NodeModelStatus)
+    wire = report.to_wire()
+    assert (wire["namespace"], wire["name"], wire["active"]) == ("studio", "lora", "v1")
+    assert "reloadedVersion" not in wire, "the pod has not acknowledged v1"
+    assert wire["versions"] == [{"version": "v1", "state": "Cached", "bytes": 7, "bytesDone": 0}]
+    (reload,) = wire["reloads"]
+    assert (reload["pod"], reload["version"], reload["ok"], reload["answered"]) == (
+        "studio-0",
+        "v1",
+        False,
+        False,
+    )
+    assert reload["reason"].startswith("unreachable: ")

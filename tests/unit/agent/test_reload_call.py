@@ -3,14 +3,18 @@ refusal whose reason fits a NodeCache status, not a copy of what it sent."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import threading
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
+from modelcache.agent import EventLog
 from modelcache.agent.reload import MAX_REASON_CHARS, call_reload
+from modelcache.api import NodeModelStatus, PodReload
 
 Answer = Callable[[], tuple[int, bytes]]
 
@@ -70,3 +74,60 @@ def test_a_verdict_is_read_whole(pod: tuple[str, list[Answer]]) -> None:
     assert result.ok
     assert result.live_version == "v2"
     assert result.reason is None
+
+
+def test_one_call_is_one_outcome_for_the_result_the_event_and_the_status(
+    pod: tuple[str, list[Answer]], tmp_path: Path
+) -> None:
+    """What the agent knows of a call is one value: what `call_reload` returns is the L1_RELOAD
+    line of the event log (its keys unchanged) and gives the pod's NodeCache status entry."""
+    url, answers = pod
+    answers.append(lambda: (409, json.dumps({"ok": False, "reason": "rank 16 > 8"}).encode()))
+    outcome = call_reload(url, model="studio/lora", version="v2", target="studio-0")
+    assert (outcome.target, outcome.url, outcome.status) == ("studio-0", url, 409)
+    log = EventLog(tmp_path / "events.jsonl")
+    record = log.emit(outcome)
+    log.close()
+    assert record["event"] == "L1_RELOAD"
+    assert set(record) == {
+        "ts",
+        "event",
+        "model",
+        "version",
+        "target",
+        "url",
+        "ok",
+        "status",
+        "live_version",
+        "reason",
+        "seconds",
+    }
+    at = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    entry = outcome.to_pod_reload(at)
+    assert entry == PodReload(
+        pod="studio-0", version="v2", ok=False, reason="rank 16 > 8", answered=True, at=at
+    )
+    assert NodeModelStatus(namespace="studio", name="lora", reloads=[entry]).to_wire()[
+        "reloads"
+    ] == [
+        {
+            "pod": "studio-0",
+            "version": "v2",
+            "ok": False,
+            "reason": "rank 16 > 8",
+            "answered": True,
+            "at": "2026-01-02T00:00:00Z",
+        }
+    ]
+
+
+@pytest.mark.parametrize(("status", "answered"), [(429, False), (503, False), (500, True)])
+def test_a_busy_pod_has_not_answered_yet(
+    pod: tuple[str, list[Answer]], status: int, answered: bool
+) -> None:
+    url, answers = pod
+    answers.append(lambda: (status, b'{"ok": false, "reason": "busy"}'))
+    outcome = call_reload(url, model="studio/lora", version="v2")
+    assert outcome.target == url  # a standalone agent names a target by its URL
+    assert (outcome.ok, outcome.answered) == (False, answered)
+    assert outcome.to_pod_reload(dt.datetime.now(dt.UTC)).answered is answered

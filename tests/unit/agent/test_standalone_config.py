@@ -3,6 +3,7 @@ whole, however the writes and the clock's ticks fall."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from collections.abc import Iterator
@@ -59,3 +60,45 @@ def test_a_config_read_half_written_is_refused_and_its_whole_write_still_taken(
     path.write_text(config_text(agent.config.root, resync=30))
     os.utime(path, ns=(truncated, truncated))
     wait_for(lambda: agent.config.resync_seconds == 30, "the rewritten config taken")
+
+
+def test_a_fifo_in_place_of_the_config_is_one_error_and_the_agent_keeps_stepping(
+    tmp_path: Path,
+) -> None:
+    """Config management that puts a FIFO (or a directory) where node.yaml was: the agent
+    reports it once, keeps reconciling on the last good config, and takes the next file."""
+    path = tmp_path / "node.yaml"
+    path.write_text(config_text(tmp_path / "cache", resync=0.05))
+    agent = StandaloneAgent(path, stdout_events=False)
+    thread = threading.Thread(target=agent.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: agent.reconciles >= 1, "the first reconcile")
+        fifo = tmp_path / "node.fifo"
+        os.mkfifo(fifo)
+        fifo.rename(path)  # in one step: no moment without a file
+        wait_for(lambda: config_errors(agent), "the FIFO reported", timeout=20)
+        stepped = agent.reconciles
+        wait_for(lambda: agent.reconciles >= stepped + 5, "reconciles past the FIFO", timeout=20)
+        assert agent.config.resync_seconds == 0.05, "the last good config is kept"
+        (error,) = config_errors(agent)  # once, not once per poll
+        assert str(path) in error
+        assert "FIFO" in error
+
+        path.unlink()
+        path.mkdir()
+        wait_for(
+            lambda: any("a directory" in e for e in config_errors(agent)),
+            "the directory reported",
+            timeout=20,
+        )
+        path.rmdir()
+        path.write_text(config_text(tmp_path / "cache", resync=30))
+        wait_for(lambda: agent.config.resync_seconds == 30, "the regular file taken again")
+    finally:
+        agent.stop.set()
+        if path.is_fifo():  # the old code blocks opening it: a writer lets it go
+            with contextlib.suppress(OSError):
+                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(timeout=10)
+    assert not thread.is_alive()

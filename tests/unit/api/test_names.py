@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
+import tempfile
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
+from modelcache.api.manifest import Manifest
 from modelcache.api.names import (
+    MAX_PATH_BYTES,
+    MAX_SEGMENT_BYTES,
     InvalidName,
     check_model_name,
     check_relative_path,
     check_version,
     parse_model_ref,
 )
-from modelcache.store.errors import StoreError
+from modelcache.store import StoreError
 from modelcache.store.layout import check_sha256
 
 
@@ -97,3 +104,84 @@ def test_a_name_with_a_control_character_is_refused_in_full(
             check(bad)
     with pytest.raises(StoreError):
         check_sha256("a" * 64 + "\n")
+
+
+NAME_MAX = 255
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "a" * (NAME_MAX + 1),  # the raw Errno 36 case: one name over NAME_MAX
+        "unet/" + "w" * 300 + ".safetensors",
+        "é" * 128,  # 128 characters, 256 bytes: the limit is in bytes
+        "x" * (MAX_SEGMENT_BYTES + 1),  # fits NAME_MAX, not with a temporary suffix
+    ],
+)
+def test_a_name_too_long_for_the_file_system_is_refused_with_the_limit(path: str) -> None:
+    with pytest.raises(InvalidName, match=rf"at most {MAX_SEGMENT_BYTES} per name") as refused:
+        check_relative_path(path)
+    assert len(str(refused.value)) < 300, "the refused name is quoted cut short"
+
+
+def test_a_path_too_long_in_bytes_is_refused() -> None:
+    deep = "/".join(["é" * 50] * 11)  # 561 characters, 1110 bytes
+    with pytest.raises(InvalidName, match=f"longer than {MAX_PATH_BYTES} bytes"):
+        check_relative_path(deep)
+    with pytest.raises(InvalidName, match="longer than"):
+        check_relative_path("a/" * 1_000_000 + "b")
+
+
+def test_names_at_the_limits_are_accepted() -> None:
+    check_relative_path("w" * MAX_SEGMENT_BYTES)
+    check_relative_path("/".join(["d" * 99] * 10) + "/" + "f" * 23)  # 1013 bytes
+
+
+def test_a_version_over_name_max_is_refused_by_the_version_rule() -> None:
+    with pytest.raises(InvalidName, match="use 1-128") as refused:
+        check_version("v" * 300)
+    assert len(str(refused.value)) < 300
+
+
+def test_an_undecodable_name_is_refused() -> None:
+    with pytest.raises(InvalidName, match="not valid UTF-8"):
+        check_relative_path("weights/\udcff.bin")
+
+
+def test_a_manifest_naming_a_file_too_long_is_refused_when_parsed() -> None:
+    document = {
+        "version": "v1",
+        "created": "2026-11-24T00:00:00+00:00",
+        "files": [{"path": "n" * 256, "size": 1, "sha256": "a" * 64, "crc64": "1"}],
+    }
+    with pytest.raises(ValidationError, match=f"at most {MAX_SEGMENT_BYTES} per name"):
+        Manifest.model_validate(document)
+
+
+NAME_CHARACTER = st.characters(blacklist_characters="/\\", blacklist_categories=("Cs", "Cc"))
+NAME = st.one_of(
+    st.text(alphabet=NAME_CHARACTER, min_size=1, max_size=20),
+    # long names, ASCII or not, around the limits: many bytes per character
+    st.builds(lambda c, n: c * n, NAME_CHARACTER, st.integers(min_value=60, max_value=300)),
+)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(NAME, min_size=1, max_size=8))
+def test_every_accepted_path_can_be_created_under_a_deep_store(parts: list[str]) -> None:
+    """Whatever a manifest names, once accepted, is created on a real file system under the
+    deepest store directory there is, with the longest temporary name derived from it."""
+    path = "/".join(parts)
+    try:
+        check_relative_path(path)
+    except InvalidName:
+        return
+    with tempfile.TemporaryDirectory() as temporary:
+        # models/<namespace: 63>/<name: 253>/versions/.staging-<version: 128>-<token>
+        staging = Path(temporary, "models", "n" * 63, "m" * 253, "versions")
+        staging = staging / f".staging-{'v' * 128}-01234567"
+        dest = staging / path
+        dest.parent.mkdir(parents=True)
+        dest.write_bytes(b"")
+        os.link(dest, dest.with_name(f".{dest.name}.0123456789ab.claim"))
+        os.link(dest, dest.with_name(f".{dest.name}.link-01234567"))

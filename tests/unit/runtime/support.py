@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
+from modelcache.fs import hash_file
 from modelcache.runtime import LoraLinear, add_lora, write_safetensors
-from modelcache.sources.checksum import hash_file
 from modelcache.store import ModelRef, Store
 from tests.unit.store.support import install
 

@@ -16,6 +16,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from modelcache.agent.reload import call_reload
+from modelcache.api import ReloadAnswer
 from modelcache.runtime import LoraRuntime, ReloadServer, ReloadService, RuntimeConfig, asgi_app
 from modelcache.store import Store
 from tests.strategies import json_values
@@ -224,3 +225,37 @@ def test_any_body_gets_a_one_line_4xx_never_an_exception(body: bytes) -> None:
     assert answer["ok"] is False
     assert isinstance(answer["reason"], str)
     assert "\n" not in answer["reason"]
+
+
+def test_every_answer_is_the_contracts_answer(
+    rooted: LoraRuntime, store: Store, versions: dict[str, Path]
+) -> None:
+    """The pod's answers, success included, are `ReloadAnswer`s: every key they carry is a
+    field of the contract the agent reads, with the keys and values the agent always got."""
+    service = ReloadService([rooted])
+    status, loaded = service.handle(json.dumps({"model": NAME, "version": "v1"}).encode())
+    assert status == 200
+    assert set(loaded) == {
+        "ok",
+        "model",
+        "live_version",
+        "previous_version",
+        "path",
+        "bytes",
+        "unchanged",
+        "timings",
+    }
+    assert (loaded["model"], loaded["previous_version"], loaded["unchanged"]) == (NAME, None, False)
+    assert loaded["path"] == str(versions["good"].resolve())
+    store.flip(MODEL, "v2")
+    status, refused = service.handle(json.dumps({"model": NAME, "version": "v2"}).encode())
+    assert status == 409
+    assert set(refused) == {"ok", "live_version", "reason", "kind"}
+    status, malformed = service.handle(b"{")
+    assert status == 400
+    assert set(malformed) == {"ok", "live_version", "reason"}
+    assert malformed["live_version"] is None
+    for answer in (loaded, refused, malformed):
+        parsed = ReloadAnswer.model_validate(answer)
+        assert set(answer) <= set(ReloadAnswer.model_fields)
+        assert parsed.to_wire() == answer

@@ -3,30 +3,34 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modelcache.api.manifest import ManifestFile
-from modelcache.sources.base import ObjectInfo
-from modelcache.sources.checksum import Digest, StreamHasher
-from modelcache.sources.download import (
-    MiB,
+from modelcache.fs import Digest, StreamHasher
+from modelcache.sources import (
+    ObjectInfo,
     PullOptions,
     RateLimiter,
-    ResumeRecord,
     VerificationError,
-    check_head,
+    open_source,
+    resume,
+)
+from modelcache.sources.download import MiB, check_head, verify
+from modelcache.sources.local import LocalClient
+from modelcache.sources.resume import (
+    MAX_RECORD_BYTES,
+    ResumeRecord,
     load_record,
     part_count,
     plan_parts,
     resume_path,
-    verify,
 )
-from modelcache.sources.local import LocalClient
-from modelcache.sources.registry import open_source
+from tests.strategies import json_values
 
 
 def entry_for(path: str, data: bytes) -> ManifestFile:
@@ -249,3 +253,103 @@ def test_a_record_claiming_impossible_partial_bytes_is_not_trusted(partial: obje
     raw["partial"] = partial
     with pytest.raises(ValueError, match=r"partial|claims"):
         ResumeRecord.from_json(json.dumps(raw))
+
+
+# -- the record's bound: any bytes, any structure, any file give a record or one refusal ----------
+
+record_values = json_values(
+    st.sampled_from(["version", "key", "etag", "size", "part_size", "done", "partial"])
+    | st.sampled_from(["0", "1", "2", "²", "٣", "01", "-1"])
+    | st.text(max_size=4),
+    max_leaves=24,
+)
+
+
+def parses_or_refuses(data: bytes | str) -> ResumeRecord | None:
+    """The parser's whole contract: a consistent record, or ValueError and nothing else."""
+    refusal = ""
+    try:
+        record = ResumeRecord.from_json(data)
+    except ValueError as error:
+        refusal = str(error) or type(error).__name__
+    if refusal:
+        assert "\n" not in refusal
+        assert len(refusal) < 200, "a refusal quotes the record only briefly"
+        return None
+    parts = part_count(record.size, record.part_size)
+    assert all(0 <= i < parts for i in record.done)
+    assert all(0 <= i < parts and i not in record.done for i, _ in record.partial)
+    return record
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {"version": st.sampled_from([1, 1.0, True, "1", 2])},
+        optional={
+            "key": record_values,
+            "etag": record_values,
+            "size": st.integers(-2, 2**70) | record_values,
+            "part_size": st.integers(-2, 2**70) | record_values,
+            "done": st.lists(st.integers(-2, 300) | record_values, max_size=8) | record_values,
+            "partial": st.dictionaries(record_values.map(str), record_values, max_size=4)
+            | record_values,
+        },
+    )
+    | record_values
+)
+def test_any_structure_is_a_record_or_one_refusal(value: object) -> None:
+    parses_or_refuses(json.dumps(value))
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 200_000,
+        b'{"version": 1, "done": ' + b"[" * 200_000,
+        b'{"version": ' + b"9" * 10_000 + b"}",
+        b'{"version": "' + b"x" * 100_000 + b'"}',
+        b'{"version": 1, "key": "k", "etag": "e", "size": 10, "part_size": 4, "done": [],'
+        b' "partial": {"' + b"\xc2\xb2" + b'": 1}}',
+        b"\xff\xfe\x00",
+    ],
+    ids=["nested", "nested-done", "long-int", "long-string", "superscript-index", "not-utf8"],
+)
+def test_hostile_records_are_one_refusal(data: bytes) -> None:
+    assert parses_or_refuses(data) is None
+
+
+@pytest.mark.timeout(30)  # the guard: reading a FIFO as a record waited for a writer forever
+@pytest.mark.parametrize("kind", ["fifo", "directory", "too large"])
+def test_a_record_that_is_not_a_small_regular_file_is_not_trusted(
+    tmp_path: Path, kind: str
+) -> None:
+    path = tmp_path / "blob.part.resume.json"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "directory":
+        path.mkdir()
+    else:
+        with path.open("wb") as sparse:  # a valid start, then past the cap: never parsed
+            sparse.write(ResumeRecord("k", "e", 10, 4).to_json()[:-1] + b", ")
+            sparse.truncate(MAX_RECORD_BYTES + 1)
+    assert load_record(path) is None
+
+
+def test_a_record_that_would_outgrow_its_cap_keeps_the_last_one_that_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the cap the journal stops rewriting: what stays claims less than the disk holds,
+    never more, and is still a record the next run reads."""
+    size, part_size = 400 * 4, 4
+    first = ResumeRecord("k", "e", size, part_size)
+    monkeypatch.setattr(resume, "MAX_RECORD_BYTES", len(first.to_json()) + 40)
+    path = tmp_path / "blob.part.resume.json"
+    with (tmp_path / "blob.part").open("wb") as data:
+        journal = resume.Journal(data.fileno(), path, first, interval=0)
+        for part in plan_parts(size, part_size):
+            journal.finished(part)
+    kept = load_record(path)
+    assert kept is not None
+    assert 0 < len(kept.done) < 400
+    assert len(path.read_bytes()) <= resume.MAX_RECORD_BYTES

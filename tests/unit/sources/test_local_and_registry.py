@@ -11,25 +11,21 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from modelcache.api.manifest import ManifestFile
-from modelcache.sources.base import (
+from modelcache.fs import StreamHasher
+from modelcache.sources import (
     Credentials,
     InvalidSourceURL,
     ObjectChanged,
     ObjectNotFound,
-    SourceError,
-    parse_source_url,
-)
-from modelcache.sources.checksum import StreamHasher
-from modelcache.sources.download import (
     PullOptions,
-    ResumeRecord,
+    SourceError,
     VerificationError,
     download_file,
-    plan_parts,
-    resume_path,
+    open_source,
+    parse_source_url,
 )
 from modelcache.sources.local import LocalClient
-from modelcache.sources.registry import open_source
+from modelcache.sources.resume import ResumeRecord, plan_parts, resume_path
 
 KEY = "v1/unet/48.safetensors"
 
@@ -70,7 +66,18 @@ def test_put_is_atomic_and_leaves_no_temp_files(client: LocalClient, tmp_path: P
     assert (tmp_path / "l3" / KEY).read_bytes() == local.read_bytes()
     assert seen.total == local.stat().st_size
     names = [p.name for p in (tmp_path / "l3").rglob("*")]
-    assert not [n for n in names if n.endswith(".tmp")]
+    assert not [n for n in names if n.startswith(".")]  # no temporary file left beside
+
+
+def test_a_put_that_cannot_replace_its_target_leaves_no_temp_file(
+    client: LocalClient, tmp_path: Path
+) -> None:
+    """The write gets as far as the rename: a directory where the object goes refuses it,
+    and the temporary file beside it goes too (a leftover would be listed as an object)."""
+    (tmp_path / "l3" / "v1" / "manifest.json" / "inside").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError):
+        client.put_bytes("v1/manifest.json", b"{}")
+    assert sorted(p.name for p in (tmp_path / "l3" / "v1").iterdir()) == ["manifest.json"]
 
 
 def test_head_range_and_etag_pinning(client: LocalClient) -> None:

@@ -3,23 +3,20 @@ garbage index, fail before a manifest exists, so the version name is not burnt."
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from modelcache.api.manifest import Manifest
-from modelcache.sources.base import SourceError
-from modelcache.sources.publish import (
-    INDEX_LOCK,
-    VersionExists,
-    claim_key,
-    manifest_key,
-    publish,
-    read_index,
-    read_manifest,
-)
-from modelcache.sources.registry import open_source
+from modelcache.sources import SourceError, VersionExists, open_source, publish, read_manifest
+from modelcache.sources.publish import INDEX_LOCK, claim_key, manifest_key, read_index
+from tests.strategies import json_values
 
 
 def test_a_file_rewritten_while_it_is_published_records_nothing(tmp_path: Path) -> None:
@@ -92,7 +89,7 @@ def test_two_publishes_of_one_version_at_once_one_wins(tmp_path: Path) -> None:
     winner = dirs[won[0]]
     for entry in published.files:
         assert client.get_bytes(f"v1/{entry.path}") == (winner / entry.path).read_bytes()
-    assert not client.exists(claim_key("v1")), "the claim is released once published"
+    assert client.exists(claim_key("v1")), "the claim is kept once published: no later taker"
 
 
 def test_concurrent_publishes_of_different_versions_keep_every_index_entry(
@@ -121,3 +118,48 @@ def test_concurrent_publishes_of_different_versions_keep_every_index_entry(
     assert errors == []
     assert sorted(e.version for e in read_index(client).versions) == versions
     assert not client.exists(INDEX_LOCK)
+
+
+@pytest.mark.parametrize("special", ["fifo", "socket"])
+def test_a_special_file_in_the_directory_is_refused_by_name(
+    tmp_path: Path, special: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Skipped, it would publish a version without its weights; read, a FIFO blocks."""
+    model = tmp_path / "model"
+    (model / "unet").mkdir(parents=True)
+    (model / "config.json").write_text("{}")
+    weights = model / "unet" / "diffusion_pytorch_model.safetensors"
+    if special == "fifo":
+        os.mkfifo(weights)
+    else:
+        monkeypatch.chdir(weights.parent)  # a socket's path must be short
+        bound = socket.socket(socket.AF_UNIX)
+        bound.bind(weights.name)
+    client = open_source(f"file://{tmp_path / 'l3'}")
+    with pytest.raises(SourceError, match=r"model\.safetensors is a (FIFO|socket)"):
+        publish(client, model, "v1")
+    assert client.list_keys() == [], "refused before anything was claimed or written"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    record=st.binary(max_size=300)
+    | json_values(st.sampled_from(["state", "token", "claimed", "x"])).map(
+        lambda v: json.dumps(v).encode()
+    )
+)
+def test_any_claim_record_found_refuses_the_publish_cleanly(
+    tmp_path_factory: pytest.TempPathFactory, record: bytes
+) -> None:
+    """A claim record is read from the store: whatever it holds, a publish of that name is
+    refused with VersionExists and writes nothing."""
+    root = tmp_path_factory.mktemp("claimed")
+    model = root / "model"
+    model.mkdir()
+    (model / "w.bin").write_bytes(b"weights")
+    client = open_source(f"file://{root / 'l3'}")
+    client.put_bytes(claim_key("v1"), record)
+    with pytest.raises(VersionExists):
+        publish(client, model, "v1")
+    assert sorted(client.list_keys()) == [claim_key("v1")]
+    assert client.get_bytes(claim_key("v1")) == record, "another's claim is left as it is"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from modelcache.api.manifest import Manifest, ManifestFile
-from modelcache.sources.checksum import crc64_xz
+from modelcache.fs import crc64_xz
 from modelcache.store import ModelRef, Store
 
 MODEL = ModelRef("default", "sdxl")

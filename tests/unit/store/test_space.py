@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,9 @@ def test_a_pull_above_the_watermark_is_refused_with_the_numbers(root: Path) -> N
 def test_the_watermark_counts_the_pull_itself(root: Path) -> None:
     Store(root, high_watermark=1.0).ensure_space(0)  # the cache dir exists; any disk fill
     stats = os.statvfs(root)
-    total, free = stats.f_blocks * stats.f_frsize, stats.f_bavail * stats.f_frsize
+    used = (stats.f_blocks - stats.f_bfree) * stats.f_frsize
+    free = stats.f_bavail * stats.f_frsize
+    total = used + free  # df's Use% is used / (used + available)
     gib = 1024**3
     store = Store(root, high_watermark=min((total - free + gib) / total, 1.0))
     store.ensure_space(1024**2)  # leaves ~1 GiB under the watermark
@@ -59,3 +62,20 @@ def test_usage_reports_the_filesystem_and_the_blobs(root: Path) -> None:
     assert usage.free_bytes + usage.used_bytes == usage.total_bytes
     assert 0 < usage.used_fraction < 1
     assert (usage.high_watermark, usage.reserve_bytes, usage.root) == (0.9, 123, store.root)
+
+
+@pytest.mark.parametrize("extra", [10**10, 10**15])
+def test_a_pull_larger_than_the_free_space_says_how_much_is_missing(root: Path, extra: int) -> None:
+    """The figures are consistent and never negative (the disk is shared: read them back)."""
+    store = Store(root, high_watermark=1.0)
+    needed = store.usage().free_bytes + extra
+    with pytest.raises(DiskFull) as caught:
+        store.ensure_space(needed)
+    figures = re.search(
+        r"need (\d+) bytes, (\d+) bytes free of (\d+) \((\d+) bytes short\)$", str(caught.value)
+    )
+    assert figures is not None, str(caught.value)
+    need, free, total, short = map(int, figures.groups())
+    assert need == needed
+    assert short == need - free > 0
+    assert free <= total

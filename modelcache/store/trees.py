@@ -10,19 +10,18 @@ from __future__ import annotations
 import datetime as dt
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
-from modelcache.api.manifest import MANIFEST_NAME, Manifest, ManifestFile
+from modelcache.api.manifest import MANIFEST_MAX_BYTES, MANIFEST_NAME, Manifest, ManifestFile
 from modelcache.api.names import ModelRef
-from modelcache.api.problems import one_line
-from modelcache.store.blobs import same_inode
-from modelcache.store.durable import fsync_dir, link_atomic, remove_tree
+from modelcache.fs import FileRefused, fsync_dir, read_capped, remove_tree
+from modelcache.problems import one_line
+from modelcache.store import blobs
 from modelcache.store.errors import StoreError, VersionNotInstalled
 from modelcache.store.layout import Layout, is_version_name
+from modelcache.store.links import Linker
 
 
 @dataclass(frozen=True)
@@ -40,12 +39,14 @@ class InstalledVersion:
 def read_manifest(layout: Layout, model: ModelRef, version: str) -> Manifest:
     path = layout.manifest_path(model, version)
     try:
-        data = path.read_bytes()
+        data = read_capped(path, MANIFEST_MAX_BYTES, what="manifest")
     except (FileNotFoundError, NotADirectoryError):
         raise VersionNotInstalled(f"{model}: version {version!r} is not installed") from None
+    except FileRefused as error:
+        raise StoreError(f"{model}: version {version!r}: {error}") from None
     try:
         return Manifest.from_json(data)
-    except ValidationError as error:
+    except ValueError as error:
         raise StoreError(
             f"{model}: version {version!r}: unreadable {path}: {one_line(error)}"
         ) from None
@@ -100,18 +101,20 @@ def next_install_ns(layout: Layout, model: ModelRef, now_ns: int) -> int:
     return max(now_ns, latest + 1)
 
 
-def build(layout: Layout, model: ModelRef, manifest: Manifest, stamp_ns: int) -> Path:
-    """Hard-link every file into a fresh staging dir, write the manifest, sync it all."""
+def build(
+    layout: Layout, model: ModelRef, manifest: Manifest, stamp_ns: int, linker: Linker
+) -> Path:
+    """Hard-link every file into a fresh staging dir, write the manifest, sync it all.
+    Linear in the manifest: each directory is made once, each file linked once."""
     staging = layout.staging_dir(model, manifest.version)
     staging.mkdir(parents=True)
     try:
-        directories = {staging}
+        directories = directories_of(f.path for f in manifest.files)
+        for directory in directories:  # parents sort before their children
+            (staging / directory).mkdir()
         for entry in manifest.files:
-            dest = staging / entry.path
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            directories.update(_parents_within(dest, staging))
             try:
-                os.link(layout.blob_path(entry.sha256), dest)
+                linker.link(entry.sha256, staging / entry.path)
             except FileNotFoundError:
                 raise _missing(model, manifest.version, entry, layout) from None
         manifest_path = staging / MANIFEST_NAME
@@ -120,12 +123,25 @@ def build(layout: Layout, model: ModelRef, manifest: Manifest, stamp_ns: int) ->
             handle.flush()
             os.fsync(handle.fileno())
         os.utime(manifest_path, ns=(stamp_ns, stamp_ns))
-        for directory in sorted(directories, key=lambda p: len(p.parts), reverse=True):
-            fsync_dir(directory)
+        for directory in reversed(directories):  # children before their parents
+            fsync_dir(staging / directory)
+        fsync_dir(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return staging
+
+
+def directories_of(paths: Iterable[str]) -> list[str]:
+    """Every directory that holds one of `paths` (relative, '/'-separated), sorted: a
+    parent before its children. A path's parents are walked up only until one is known."""
+    found: set[str] = set()
+    for path in paths:
+        parent = path.rpartition("/")[0]
+        while parent and parent not in found:
+            found.add(parent)
+            parent = parent.rpartition("/")[0]
+    return sorted(found)
 
 
 def publish(staging: Path, final: Path) -> None:
@@ -138,13 +154,6 @@ def publish(staging: Path, final: Path) -> None:
     fsync_dir(final.parent)
 
 
-def _parents_within(path: Path, top: Path) -> Iterator[Path]:
-    parent = path.parent
-    while parent != top and top in parent.parents:
-        yield parent
-        parent = parent.parent
-
-
 def _missing(model: ModelRef, version: str, entry: ManifestFile, layout: Layout) -> StoreError:
     return StoreError(
         f"{model}: cannot install version {version!r}: blob for {entry.path!r} "
@@ -153,8 +162,9 @@ def _missing(model: ModelRef, version: str, entry: ManifestFile, layout: Layout)
 
 
 def check_blobs(layout: Layout, model: ModelRef, manifest: Manifest) -> None:
-    """Every file's blob must be there with the manifest's size before anything is linked."""
-    for entry in manifest.files:
+    """Every file's blob must be there with the manifest's size before anything is linked
+    (one stat per distinct blob, however many files share it)."""
+    for entry in {f.sha256: f for f in manifest.files}.values():
         path = layout.blob_path(entry.sha256)
         try:
             size = path.stat().st_size
@@ -179,22 +189,35 @@ def incomplete_files(version_dir: Path, manifest: Manifest) -> list[ManifestFile
     return bad
 
 
-def relink_files(layout: Layout, version_dir: Path, entries: list[ManifestFile]) -> int:
-    """Point each file at its blob again, one atomic rename per file; returns files changed."""
+def relink_files(
+    layout: Layout, version_dir: Path, entries: list[ManifestFile], linker: Linker
+) -> int:
+    """Point each file at its blob (or a copy of it) again, one atomic rename per file;
+    returns files changed."""
     changed = 0
     touched: set[Path] = set()
+    good: dict[str, set[tuple[int, int]]] = {}
     for entry in entries:
-        blob = layout.blob_path(entry.sha256)
         dest = version_dir / entry.path
-        if same_inode(blob, dest):
+        if entry.sha256 not in good:
+            good[entry.sha256] = blobs.inodes(layout, entry.sha256)
+        if _inode(dest) in good[entry.sha256]:
             continue
         dest.parent.mkdir(parents=True, exist_ok=True)
-        link_atomic(blob, dest)
+        linker.link(entry.sha256, dest, replace=True)
         touched.add(dest.parent)
         changed += 1
     for directory in touched:
         fsync_dir(directory)
     return changed
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        stat = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return stat.st_dev, stat.st_ino
 
 
 def remove(layout: Layout, model: ModelRef, version: str) -> None:

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
-from modelcache.sources.checksum import READ_CHUNK, Digest, StreamHasher
+from modelcache.fs._checksum import READ_CHUNK, Digest, StreamHasher
 
 
 class _Span(Protocol):

@@ -8,7 +8,7 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelcache.sources.checksum import StreamHasher, crc64_xz, hash_file
+from modelcache.fs import StreamHasher, crc64_xz, hash_file
 
 
 def crc64_xz_reference(data: bytes) -> int:

@@ -8,10 +8,13 @@ pure-Python fallback would be a hundred times slower and is never used.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass
-from pathlib import Path
 
 import fastcrc
+
+from modelcache.fs._reading import NotARegularFile, kind_of
 
 READ_CHUNK = 4 * 1024 * 1024
 
@@ -50,12 +53,19 @@ class StreamHasher:
         return Digest(size=self._size, sha256=self._sha.hexdigest(), crc64=crc)
 
 
-def hash_file(path: Path, *, chunk: int = READ_CHUNK) -> Digest:
-    """Hash a whole file, reading into one reused buffer (no per-chunk allocation)."""
+def hash_file(path: str | os.PathLike[str], *, chunk: int = READ_CHUNK) -> Digest:
+    """Hash a whole file, reading into one reused buffer (no per-chunk allocation).
+
+    A FIFO or device put where the file was is refused (NotARegularFile), not read forever."""
     hasher = StreamHasher()
     buffer = bytearray(chunk)
     view = memoryview(buffer)
-    with path.open("rb", buffering=0) as handle:
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise NotARegularFile(f"{path} is {kind_of(mode)}, not a regular file")
+    with open(fd, "rb", buffering=0) as handle:
         while True:
             read = handle.readinto(buffer)
             if not read:

@@ -13,8 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelcache.sources.checksum import crc64_xz
-from modelcache.sources.ordered_hash import OrderedHasher
+from modelcache.fs import OrderedHasher, crc64_xz
 
 
 @dataclass(frozen=True)
