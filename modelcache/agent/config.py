@@ -12,12 +12,28 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from modelcache.api import DEFAULT_ROOT, check_url, check_version, event_log_path, parse_model_ref
+from modelcache.api import (
+    DEFAULT_ROOT,
+    check_url,
+    check_version,
+    event_log_path,
+    parse_model_ref,
+)
 from modelcache.fs import FileRefused, read_capped
 from modelcache.problems import MAX_PROBLEMS
 from modelcache.sources import parse_source_url
+
+
+_NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
 class ConfigError(ValueError):
@@ -89,6 +105,51 @@ class VerifyConfig(_Strict):
     repair: bool = True
 
 
+class PeerNode(_Strict):
+    """Another node of this node's site, as its peer server is reached."""
+
+    name: str
+    url: str
+
+    @field_validator("name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not _NODE_NAME.fullmatch(value):
+            raise ValueError(f"peer name {value[:64]!r} is not a node name (DNS-1123 subdomain)")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _peer_url(cls, value: str) -> str:
+        check_url(value, "peer URL", "peers authenticate with the peer token file")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"peer URL {value!r} must be http:// or https://")
+        return value.rstrip("/")
+
+
+class PeersConfig(_Strict):
+    """Fan-out (docs/fanout.md): serve what this node holds to the listed nodes of its site,
+    and take pieces from them, so that each byte crosses the WAN once per site."""
+
+    listen_host: str = "0.0.0.0"  # noqa: S104 - peers reach it from the site's other nodes
+    listen_port: Annotated[int, Field(ge=0, le=65535)] = 9471
+    token_file: Path
+    nodes: list[PeerNode] = Field(default_factory=list)
+    max_uploads: Annotated[int, Field(ge=1, le=64)] = 4
+    max_upload_bytes_per_second: Annotated[float | None, Field(gt=0)] = None
+    origin_streams: Annotated[int, Field(ge=1, le=256)] = 4
+
+    @field_validator("nodes")
+    @classmethod
+    def _distinct(cls, nodes: list[PeerNode]) -> list[PeerNode]:
+        seen: set[str] = set()
+        for node in nodes:
+            if node.name in seen:
+                raise ValueError(f"peer {node.name!r} is listed twice")
+            seen.add(node.name)
+        return nodes
+
+
 class AgentConfig(_Strict):
     root: Path = DEFAULT_ROOT
     node: str | None = None
@@ -101,6 +162,13 @@ class AgentConfig(_Strict):
     pull: PullConfig = PullConfig()
     verify: VerifyConfig = VerifyConfig()
     models: list[ModelConfig] = Field(default_factory=list)
+    peers: PeersConfig | None = None
+
+    @model_validator(mode="after")
+    def _peers_know_this_node(self) -> AgentConfig:
+        if self.peers is not None and self.node is None:
+            raise ValueError("peers need this node's name: set `node`")
+        return self
 
     @property
     def event_log_path(self) -> Path:

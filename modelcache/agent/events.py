@@ -39,16 +39,47 @@ class PullEnded(ModelEvent):
     files_downloaded: int
     files_cached: int
     bytes_downloaded: int
+    bytes_from_peers: int = 0
     seconds: float
     rate_bytes_per_second: int | None
 
 
 @dataclass(frozen=True, kw_only=True)
 class FileFetched(ModelEvent):
+    """A blob downloaded and verified: how many of its bytes and pieces came from the site's
+    peers rather than from L3 (docs/fanout.md)."""
+
     kind = EventKind.L3_FETCH
     file: str
     bytes: int
     sha256: str
+    bytes_from_peers: int = 0
+    pieces_from_l3: int = 0
+    pieces_from_peers: int = 0
+    peers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerBadPiece(ModelEvent):
+    """A peer served bytes that fail the publisher's digest of that piece: the piece was
+    fetched elsewhere and the peer is avoided for the rest of the file."""
+
+    kind = EventKind.PEER_BAD_PIECE
+    peer: str
+    file: str
+    sha256: str
+    piece: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class PeerUnavailable(ModelEvent):
+    """A peer refused, failed or stalled while this node waited on it for a file: its pieces
+    go to the next node in the rendezvous order, and finally to L3."""
+
+    kind = EventKind.PEER_UNAVAILABLE
+    peer: str
+    file: str
+    reason: str
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -9,8 +9,11 @@ from modelcache.agent.events import (
     Collected,
     Evicted,
     Failed,
+    FileFetched,
     Flipped,
     ModelRemoved,
+    PeerBadPiece,
+    PeerUnavailable,
     PullEnded,
     PullStarted,
     VerifyFailed,
@@ -33,6 +36,30 @@ class AgentMetrics:
         )
         self.source_bytes = Counter(
             "modelcache_source_bytes", "Bytes downloaded from L3.", ["model", "scheme"], registry=r
+        )
+        self.pulled_bytes = Counter(
+            "modelcache_pulled_bytes",
+            "Bytes of verified blobs pulled, by where they came from: l3 or a peer of the site.",
+            ["model", "source"],
+            registry=r,
+        )
+        self.piece_fetches = Counter(
+            "modelcache_piece_fetches",
+            "Pieces fetched, by source (l3, peer): the share from l3 is the fan-out's WAN cost.",
+            ["model", "source"],
+            registry=r,
+        )
+        self.peer_bad_pieces = Counter(
+            "modelcache_peer_bad_pieces",
+            "Pieces a peer served that failed the publisher's digest.",
+            ["peer"],
+            registry=r,
+        )
+        self.peer_failures = Counter(
+            "modelcache_peer_failures",
+            "Times a peer refused, failed or stalled while this node waited on it.",
+            ["peer"],
+            registry=r,
         )
         self.source_seconds = Counter(
             "modelcache_source_seconds",
@@ -88,10 +115,20 @@ class AgentMetrics:
             case PullEnded():
                 self._pulling.discard((event.model, event.version))
                 self.pulls_in_progress.set(len(self._pulling))
-                self.source_bytes.labels(event.model, event.scheme).inc(event.bytes_downloaded)
+                from_l3 = event.bytes_downloaded - event.bytes_from_peers
+                self.source_bytes.labels(event.model, event.scheme).inc(from_l3)
                 self.source_seconds.labels(event.model, event.scheme).inc(event.seconds)
                 self.tier_requests.labels(event.model, "L2", "hit").inc(event.files_cached)
                 self.tier_requests.labels(event.model, "L2", "miss").inc(event.files_downloaded)
+            case FileFetched():
+                self.pulled_bytes.labels(event.model, "l3").inc(event.bytes - event.bytes_from_peers)
+                self.pulled_bytes.labels(event.model, "peer").inc(event.bytes_from_peers)
+                self.piece_fetches.labels(event.model, "l3").inc(event.pieces_from_l3)
+                self.piece_fetches.labels(event.model, "peer").inc(event.pieces_from_peers)
+            case PeerBadPiece():
+                self.peer_bad_pieces.labels(event.peer).inc()
+            case PeerUnavailable():
+                self.peer_failures.labels(event.peer).inc()
             case AlreadyCached():
                 self.tier_requests.labels(event.model, "L2", "hit").inc(event.files)
             case VerifyFailed():

@@ -1,0 +1,187 @@
+"""Which node each piece of a blob comes from, decided on every node alike with nothing to ask.
+
+For each piece, the site's nodes that want the version are ranked by rendezvous hashing
+(`modelcache.fleet.rank`). The first of them fetches the piece from L3; every other node
+takes it from a node ranked above it: one that already holds the whole blob first (a node
+joining, a rollback), then the others in rank order, waiting while a node is fetching it,
+and falls to the next one when a node is absent past a grace, stalls, fails, or serves a
+piece that fails the publisher's digest; its own place in the order means "from L3". So
+with no coordinator each piece crosses the WAN once per site, and a dead or lying peer
+costs a detour, never a wrong byte (docs/fanout.md).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from modelcache.fleet import (
+    InFlight,
+    PeerClient,
+    PeerError,
+    PieceAbsent,
+    PiecePending,
+    piece_key,
+    rank,
+)
+
+ORIGIN = None
+"""A candidate that is not a peer: the piece comes from L3."""
+
+
+@dataclass(frozen=True)
+class FanoutOptions:
+    """How patient a node is with its peers. `absent_grace`: how long a peer that does not
+    pull the blob (yet) is waited for, from when this node began it: nodes start a rollout
+    seconds apart. `stall_timeout`: how long a peer may keep a piece pending without
+    verifying any piece of the blob. `probe_timeout`: the question "do you hold it?"."""
+
+    absent_grace: float = 10.0
+    stall_timeout: float = 30.0
+    poll_interval: float = 0.25
+    probe_timeout: float = 2.0
+
+
+@dataclass
+class Fleet:
+    """A node's site, as a pull sees it: its own name, its peers' clients (the site's other
+    nodes that want the version), the registry of what it serves while pulling, and the cap
+    of its concurrent L3 streams."""
+
+    me: str
+    peers: Mapping[str, PeerClient]
+    inflight: InFlight
+    origin_streams: threading.Semaphore
+    options: FanoutOptions = FanoutOptions()
+
+
+class PeerReport:
+    """What a route tells its caller (the engine makes events and metrics of it)."""
+
+    def bad_piece(self, peer: str, index: int) -> None:
+        """`peer` served piece `index` with bytes that fail its digest."""
+
+    def unavailable(self, peer: str, reason: str) -> None:
+        """`peer` refused, failed or stalled: it is skipped for the rest of the blob."""
+
+
+@dataclass
+class _Waiting:
+    """A peer's pending answers for this blob: when it last verified a piece more."""
+
+    verified: int = -1
+    since: float = field(default_factory=time.monotonic)
+
+
+class BlobRoute:
+    """The order in which one blob's pieces are fetched and, per piece, where from."""
+
+    def __init__(
+        self,
+        fleet: Fleet,
+        sha256: str,
+        pieces: int,
+        report: PeerReport | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.fleet = fleet
+        self.sha256 = sha256
+        self.pieces = pieces
+        self.report = report or PeerReport()
+        self._clock = clock
+        self._started = clock()
+        self._lock = threading.Lock()
+        self._avoided: set[str] = set()
+        self._absent: set[str] = set()  # not pulling the blob, past the grace
+        self._waiting: dict[str, _Waiting] = {}
+        self.holders = self._probe_holders()
+
+    def _probe_holders(self) -> frozenset[str]:
+        """The peers that hold the whole blob already: asked at once, each bounded in time."""
+        peers = dict(self.fleet.peers)
+        if not peers:
+            return frozenset()
+
+        def holds(name: str) -> bool:
+            try:
+                return peers[name].holds(self.sha256, timeout=self.fleet.options.probe_timeout)
+            except PeerError:
+                return False
+
+        with ThreadPoolExecutor(min(16, len(peers)), thread_name_prefix="modelcache-probe") as pool:
+            answers = dict(zip(peers, pool.map(holds, peers), strict=True))
+        return frozenset(name for name, held in answers.items() if held)
+
+    @property
+    def nodes(self) -> list[str]:
+        return [self.fleet.me, *self.fleet.peers]
+
+    def ranked(self, index: int) -> list[str]:
+        return rank(self.nodes, piece_key(self.sha256, index))
+
+    def schedule(self) -> list[int]:
+        """Piece indices in fetch order. While no peer holds the whole blob, first those this
+        node is the first to fetch from L3, so every node's share of the line is busy at
+        once; then the rest in order, which their first nodes fetch in the same order."""
+        if self.holders:
+            return list(range(self.pieces))
+        mine = [i for i in range(self.pieces) if self.ranked(i)[0] == self.fleet.me]
+        taken = set(mine)
+        return mine + [i for i in range(self.pieces) if i not in taken]
+
+    def candidates(self, index: int) -> list[str | None]:
+        """Where piece `index` is asked for, in order: the holders of the whole blob, then
+        the nodes ranked above this one; `ORIGIN` (L3) last, this node's own place."""
+        ranked = self.ranked(index)
+        with self._lock:
+            skipped = self._avoided | self._absent
+        holders = [n for n in ranked if n in self.holders and n not in skipped]
+        above = ranked[: ranked.index(self.fleet.me)]
+        rest = [n for n in above if n not in skipped and n not in self.holders]
+        return [*holders, *rest, ORIGIN]
+
+    # -- what a peer's answers mean for the rest of the blob ------------------------------
+
+    def avoid(self, peer: str, reason: str) -> None:
+        with self._lock:
+            if peer in self._avoided:
+                return
+            self._avoided.add(peer)
+        self.report.unavailable(peer, reason)
+
+    def bad_piece(self, peer: str, index: int) -> None:
+        with self._lock:
+            self._avoided.add(peer)
+        self.report.bad_piece(peer, index)
+
+    def keep_waiting(self, peer: str, answer: PieceAbsent | PiecePending) -> bool:
+        """Whether to ask `peer` again after this answer, or move on: an absent peer is
+        waited for until the grace since this blob began; a pending one while it verifies
+        more pieces of the blob at least every `stall_timeout` seconds."""
+        options = self.fleet.options
+        now = self._clock()
+        if isinstance(answer, PieceAbsent):
+            if now - self._started < options.absent_grace:
+                return True
+            with self._lock:
+                self._absent.add(peer)
+            return False
+        with self._lock:
+            waiting = self._waiting.setdefault(peer, _Waiting(answer.verified, now))
+            if answer.verified > waiting.verified:
+                waiting.verified, waiting.since = answer.verified, now
+            stalled = now - waiting.since > options.stall_timeout
+        if stalled:
+            self.avoid(peer, f"kept piece(s) pending for {options.stall_timeout:g} s")
+        return not stalled
+
+    def polls(self) -> Iterator[float]:
+        """Pauses between asks of a peer that said pending or absent: soon, then every second."""
+        pause = self.fleet.options.poll_interval
+        while True:
+            yield pause
+            pause = min(1.0, pause * 2)
