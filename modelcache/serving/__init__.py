@@ -1,5 +1,5 @@
-"""Bounded HTTP serving, below every other layer: the agent's /metrics and the pods'
-reload endpoint share it (httpserver.py says what it bounds)."""
+"""Bounded HTTP serving, below every other layer: the agent's /metrics, the pods' reload
+endpoint and the peer server share it (httpserver.py says what it bounds)."""
 
 from modelcache.serving.httpserver import (
     HEADER_TIMEOUT_S,
@@ -7,10 +7,12 @@ from modelcache.serving.httpserver import (
     MAX_BODY,
     MAX_CONNECTIONS,
     MAX_HEAD,
+    MIN_FILE_RATE,
     REQUEST_TIMEOUT_S,
     WRITE_TIMEOUT_S,
     BoundedHandler,
     BoundedHTTPServer,
+    FileRegion,
     Framing,
     Request,
     framing_of,
@@ -25,10 +27,12 @@ __all__ = [
     "MAX_BODY",
     "MAX_CONNECTIONS",
     "MAX_HEAD",
+    "MIN_FILE_RATE",
     "REQUEST_TIMEOUT_S",
     "WRITE_TIMEOUT_S",
     "BoundedHTTPServer",
     "BoundedHandler",
+    "FileRegion",
     "Framing",
     "MetricsServer",
     "Request",

@@ -21,7 +21,14 @@ costs a socket and a small buffer, never a thread, and:
 - a head of at most `max_head` bytes (414/431 beyond, and the stdlib's 431 past 100
   header lines); a body only with one Content-Length of ASCII digits (RFC 9110 `1*DIGIT`,
   400 otherwise) of at most `max_body` bytes (413), never chunked (411); every refusal
-  answered with a one-line JSON reason.
+  answered with a one-line JSON reason;
+- an answer may be a head plus a region of an open file (`FileRegion`), which the
+  selector thread sends with os.sendfile as the client takes it: never read into memory,
+  so a 64 MiB body costs a descriptor, not 64 MiB. Its deadline scales with its length
+  (`write_timeout + length / min_file_rate`), an optional `max_file_rate` (bytes/s) is
+  shared by every file body at once (time held back by it is not held against the
+  client), and its owner learns when it ends (`on_close`, with the bytes sent), however
+  it ends.
 """
 
 from __future__ import annotations
@@ -31,12 +38,14 @@ import enum
 import io
 import json
 import logging
+import os
 import re
 import selectors
 import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from email.message import Message
 from http import HTTPStatus
@@ -54,6 +63,7 @@ WRITE_TIMEOUT_S = 10.0
 LINGER_S = 2.0
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024
+MIN_FILE_RATE = 1024 * 1024  # bytes/s a file body's deadline allows for, past write_timeout
 REFUSING_MAX = 16  # connections over the cap told 503 and closed gently; more are just closed
 
 _READ_CHUNK = 16 * 1024
@@ -63,6 +73,9 @@ _OWS = " \t"  # the whitespace RFC 9110 allows around a field value
 _LONGEST_LENGTH = 18  # digits: more is over any cap, and int() of 5,000 digits refuses
 _OVER_ANY_CAP: int = 10**_LONGEST_LENGTH
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_SENDFILE_CHUNK = 4 * 1024 * 1024  # per call: bounds how long one disk read holds the loop
+_RATE_BURST_S = 0.05  # the shared file rate's bucket holds this many seconds of it
+_MIN_BURST = 64 * 1024
 
 
 def parse_content_length(value: str) -> int:
@@ -116,15 +129,43 @@ def _framing_of_head(head: bytes, max_body: int) -> Framing:
     return framing_of(headers, max_body)
 
 
-def json_answer(status: int, reason: str) -> bytes:
+def json_answer(status: int, reason: str, headers: Mapping[str, str] | None = None) -> bytes:
     """A whole HTTP/1.1 answer that closes the connection, with a one-line JSON reason."""
     body = json.dumps({"ok": False, "reason": reason}).encode()
+    extra = "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
     head = (
         f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
-        "Content-Type: application/json\r\n"
+        f"Content-Type: application/json\r\n{extra}"
         f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
     )
     return head.encode() + body
+
+
+@dataclass(eq=False)
+class FileRegion:
+    """`length` bytes of the open file `fd` from `offset`: an answer's body, sent by the
+    server with os.sendfile. The server owns `fd` from the moment the handler returns: it
+    closes it and calls `on_close(bytes sent)` exactly once, however the answer ends (sent,
+    the client gone or too slow, the file shorter than promised, the server stopping)."""
+
+    fd: int
+    offset: int
+    length: int
+    on_close: Callable[[int], None] | None = None
+    sent: int = 0
+    _closed: bool = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            os.close(self.fd)
+        if self.on_close is not None:
+            try:
+                self.on_close(self.sent)
+            except Exception:
+                log.exception("a file body's on_close failed")
 
 
 @dataclass
@@ -135,6 +176,7 @@ class Request:
     framing: Framing
     answer: io.BytesIO = field(default_factory=io.BytesIO)
     keep_open: bool = False
+    region: FileRegion | None = None  # the body, when it comes from a file after `answer`
 
 
 class _State(enum.Enum):
@@ -157,6 +199,11 @@ class _Connection:
     framing: Framing = Framing()
     answer: bytes = b""
     sent: int = 0
+    region: FileRegion | None = None  # sent after `answer`
+    file_length: int = 0  # the length of the answer's file body: its deadline grows with it
+    held_back: float = 0.0  # seconds the shared file rate kept this answer waiting
+    resume_at: float = 0.0  # when a held-back answer may send again (0: not held back)
+    paused_since: float = 0.0
     keep_open: bool = False
     events: int = 0  # what the selector watches for
     over_cap: bool = False  # admitted only to be told 503: not one of `max_connections`
@@ -185,19 +232,30 @@ class BoundedHTTPServer(socketserver.TCPServer):
         write_timeout: float = WRITE_TIMEOUT_S,
         max_head: int = MAX_HEAD,
         max_body: int = MAX_BODY,
+        min_file_rate: float = MIN_FILE_RATE,
+        max_file_rate: float | None = None,
     ) -> None:
+        if min_file_rate <= 0 or (max_file_rate is not None and max_file_rate <= 0):
+            raise ValueError("file rates must be positive")
         self.max_connections = max_connections
         self.header_timeout = header_timeout
         self.request_timeout = max(request_timeout, header_timeout)
         self.write_timeout = write_timeout
         self.max_head = max_head
         self.max_body = max_body
+        self.min_file_rate = min_file_rate
+        self.max_file_rate = max_file_rate
+        self.answer_headers: dict[str, str] = {}  # also on the server's own refusals
+        self._allowance = 0.0  # bytes the shared file rate lets out now
+        self._allowed_at = time.monotonic()
         self._selector = selectors.DefaultSelector()
         self._wake_r, self._wake_w = socket.socketpair()
         self._connections: set[_Connection] = set()
         self._refusing = 0  # connections over the cap being told 503
         self._bursts = 0  # rounds of accepts so far
         self._answered: SimpleQueue[tuple[_Connection, Request]] = SimpleQueue()
+        self._handing_over = threading.Lock()  # an answer queued, or closed if the server is
+        self._closing = False
         self._stop = threading.Event()
         self._stopped = threading.Event()
         self._serving: threading.Thread | None = None
@@ -248,8 +306,11 @@ class BoundedHTTPServer(socketserver.TCPServer):
 
     def server_close(self) -> None:
         super().server_close()
+        with self._handing_over:
+            self._closing = True
         for conn in list(self._connections):
             self._close(conn)
+        self._take_answers()  # answers nobody will send: their files closed
         self._selector.close()
         self._wake_r.close()
         self._wake_w.close()
@@ -269,7 +330,9 @@ class BoundedHTTPServer(socketserver.TCPServer):
                 if events & selectors.EVENT_WRITE and not key.data.closed:
                     self._on_writable(key.data)
         self._take_answers()
-        self._expire(time.monotonic())
+        now = time.monotonic()
+        self._resume_held_back(now)
+        self._expire(now)
 
     def _accept(self) -> None:
         self._bursts += 1
@@ -287,9 +350,12 @@ class BoundedHTTPServer(socketserver.TCPServer):
                 conn = self._add(sock, address)
                 conn.over_cap = True
                 self._refusing += 1
-                self._answer(conn, json_answer(503, "too many connections: retry soon"))
+                self._answer(conn, self._refusal(503, "too many connections: retry soon"))
             else:
-                _say_and_close(sock, json_answer(503, "too many connections: retry soon"))
+                _say_and_close(sock, self._refusal(503, "too many connections: retry soon"))
+
+    def _refusal(self, status: int, reason: str) -> bytes:
+        return json_answer(status, reason, self.answer_headers)
 
     def _add(self, sock: socket.socket, address: Any) -> _Connection:
         sock.setblocking(False)
@@ -315,7 +381,7 @@ class BoundedHTTPServer(socketserver.TCPServer):
         oldest = min(waiting, key=lambda c: c.since)
         if oldest.buffer:
             reason = "too many connections: this one had waited longest for its request"
-            _say(oldest.sock, json_answer(503, reason))
+            _say(oldest.sock, self._refusal(503, reason))
         self._close(oldest)
         return True
 
@@ -356,9 +422,9 @@ class BoundedHTTPServer(socketserver.TCPServer):
 
     def _refuse_head(self, conn: _Connection) -> None:
         if b"\n" in conn.buffer[: self.max_head]:
-            self._answer(conn, json_answer(431, f"headers over {self.max_head} bytes"))
+            self._answer(conn, self._refusal(431, f"headers over {self.max_head} bytes"))
         else:
-            self._answer(conn, json_answer(414, f"request line over {self.max_head} bytes"))
+            self._answer(conn, self._refusal(414, f"request line over {self.max_head} bytes"))
 
     def _dispatch(self, conn: _Connection, request: Request) -> None:
         conn.state = _State.WORKING
@@ -369,7 +435,7 @@ class BoundedHTTPServer(socketserver.TCPServer):
         try:
             worker.start()
         except RuntimeError:  # no thread to be had
-            self._answer(conn, json_answer(503, "the server is out of threads: retry soon"))
+            self._answer(conn, self._refusal(503, "the server is out of threads: retry soon"))
 
     def _work(self, conn: _Connection, request: Request) -> None:
         """On a thread of its own: the handler's answer, handed back to the selector."""
@@ -378,12 +444,21 @@ class BoundedHTTPServer(socketserver.TCPServer):
         except Exception as error:
             log.exception("an HTTP handler failed")
             request.keep_open = False
+            if request.region is not None:  # its head is written: it cannot stand
+                request.region.close()
+                request.region = None
+                request.answer = io.BytesIO()
             if not request.answer.getvalue():
                 reason = f"the handler failed ({type(error).__name__}): see the server's log"
-                request.answer.write(json_answer(500, reason))
+                request.answer.write(self._refusal(500, reason))
         if request.framing.refusal is not None:
             request.keep_open = False
-        self._answered.put((conn, request))
+        with self._handing_over:
+            if self._closing:
+                if request.region is not None:
+                    request.region.close()
+                return
+            self._answered.put((conn, request))
         self._wake()
 
     def _take_answers(self) -> None:
@@ -392,25 +467,43 @@ class BoundedHTTPServer(socketserver.TCPServer):
                 conn, request = self._answered.get_nowait()
             except Empty:
                 return
-            if not conn.closed:
-                self._answer(conn, request.answer.getvalue(), keep_open=request.keep_open)
+            if conn.closed:
+                if request.region is not None:
+                    request.region.close()
+            else:
+                answer = request.answer.getvalue()
+                self._answer(conn, answer, keep_open=request.keep_open, region=request.region)
 
-    def _answer(self, conn: _Connection, answer: bytes, *, keep_open: bool = False) -> None:
+    def _answer(
+        self,
+        conn: _Connection,
+        answer: bytes,
+        *,
+        keep_open: bool = False,
+        region: FileRegion | None = None,
+    ) -> None:
         conn.state, conn.since = _State.WRITING, time.monotonic()
         conn.answer, conn.sent, conn.keep_open = answer, 0, keep_open
+        conn.region, conn.held_back, conn.resume_at = region, 0.0, 0.0
+        conn.file_length = region.length if region is not None else 0
         self._on_writable(conn)
 
     def _on_writable(self, conn: _Connection) -> None:
-        if conn.state is not _State.WRITING:
+        if conn.state is not _State.WRITING or conn.resume_at:
             return
         try:
-            conn.sent += conn.sock.send(memoryview(conn.answer)[conn.sent :])
+            if conn.sent < len(conn.answer):
+                conn.sent += conn.sock.send(memoryview(conn.answer)[conn.sent :])
+            if conn.sent == len(conn.answer) and conn.region is not None:
+                self._send_region(conn, conn.region)
         except BlockingIOError:
             pass
         except OSError:
             self._close(conn)
             return
-        if conn.sent < len(conn.answer):
+        if conn.closed or conn.resume_at:
+            return
+        if conn.sent < len(conn.answer) or conn.region is not None:
             self._watch(conn, selectors.EVENT_WRITE)
         elif conn.keep_open:
             conn.state, conn.since, conn.answer = _State.READING, time.monotonic(), b""
@@ -418,6 +511,51 @@ class BoundedHTTPServer(socketserver.TCPServer):
             self._advance(conn)  # a request the client sent behind the last one
         else:
             self._linger(conn)
+
+    def _send_region(self, conn: _Connection, region: FileRegion) -> None:
+        """What the socket takes of the file body now, within the shared rate; done, it is
+        closed and dropped from the connection."""
+        left = region.length - region.sent
+        if left > 0:
+            count = min(left, _SENDFILE_CHUNK)
+            if self.max_file_rate is not None:
+                count = self._allowed(conn, count)
+                if not count:
+                    return
+            sent = os.sendfile(conn.sock.fileno(), region.fd, region.offset + region.sent, count)
+            if self.max_file_rate is not None:
+                self._allowance -= sent
+            if sent == 0:
+                log.warning("a file body ended %d bytes short: closing the connection", left)
+                self._close(conn)
+                return
+            region.sent += sent
+        if region.sent == region.length:
+            conn.region = None
+            region.close()
+
+    def _allowed(self, conn: _Connection, want: int) -> int:
+        """Bytes of `want` the shared file rate lets `conn` send now; none: it waits (not
+        watched for writing) until the bucket holds enough, a wait not held against it."""
+        rate = self.max_file_rate
+        assert rate is not None
+        now = time.monotonic()
+        burst = max(rate * _RATE_BURST_S, _MIN_BURST)
+        self._allowance = min(burst, self._allowance + (now - self._allowed_at) * rate)
+        self._allowed_at = now
+        enough = min(want, burst / 4)  # not a trickle of tiny sends
+        if self._allowance >= enough:
+            return min(want, int(self._allowance))
+        conn.paused_since = now
+        conn.resume_at = now + max((enough - self._allowance) / rate, 0.001)
+        self._watch(conn, 0)
+        return 0
+
+    def _resume_held_back(self, now: float) -> None:
+        for conn in [c for c in self._connections if c.resume_at and c.resume_at <= now]:
+            conn.held_back += now - conn.paused_since
+            conn.resume_at = 0.0
+            self._on_writable(conn)
 
     def _linger(self, conn: _Connection) -> None:
         """Close after the answer without resetting it: drain what the client still sends
@@ -435,8 +573,11 @@ class BoundedHTTPServer(socketserver.TCPServer):
         match conn.state:
             case _State.READING:
                 budget = self.request_timeout if conn.head_end else self.header_timeout
+            case _State.WRITING if conn.resume_at:
+                return float("inf")  # held back by the shared file rate, not by the client
             case _State.WRITING:
-                budget = self.write_timeout
+                budget = self.write_timeout + conn.file_length / self.min_file_rate
+                budget += conn.held_back
             case _State.LINGERING:
                 budget = LINGER_S
             case _State.WORKING:
@@ -444,14 +585,17 @@ class BoundedHTTPServer(socketserver.TCPServer):
         return conn.since + budget
 
     def _next_deadline(self) -> float:
-        return min((self._deadline(c) for c in self._connections), default=float("inf"))
+        return min(
+            (c.resume_at or self._deadline(c) for c in self._connections), default=float("inf")
+        )
 
     def _expire(self, now: float) -> None:
         for conn in [c for c in self._connections if self._deadline(c) <= now]:
             if conn.state is _State.READING and conn.buffer:
                 what = "the body" if conn.head_end else "the headers"
                 budget = self.request_timeout if conn.head_end else self.header_timeout
-                self._answer(conn, json_answer(408, f"{what} did not arrive within {budget:g} s"))
+                reason = f"{what} did not arrive within {budget:g} s"
+                self._answer(conn, self._refusal(408, reason))
             else:  # idle, or a client that does not take its answer
                 self._close(conn)
 
@@ -471,6 +615,9 @@ class BoundedHTTPServer(socketserver.TCPServer):
             return
         conn.closed = True
         self._refusing -= conn.over_cap
+        if conn.region is not None:
+            conn.region.close()
+            conn.region = None
         if conn.events:
             self._selector.unregister(conn.sock)
             conn.events = 0
@@ -564,6 +711,23 @@ class BoundedHandler(BaseHTTPRequestHandler):
             self.close_connection = True
         self.end_headers()
         self.wfile.write(body)
+
+    def send_file(
+        self,
+        status: int,
+        region: FileRegion,
+        content_type: str,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        """A head now and `region` as the body, which the server sends from the file (and
+        closes): the handler hands the descriptor over here, whatever happens next."""
+        self.request.region = region
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(region.length))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The stdlib's refusals (400, 414, 431, 501) as one-line JSON too."""

@@ -33,7 +33,7 @@ from tests.integration.cli.support import make_model, same_tree
 REPO = Path(__file__).resolve().parents[3]
 # The packages the agent's process runs (the CLI's `agent` command aside): what they
 # import must be in the wheel's core or [agent] requirements.
-AGENT_PACKAGES = ("agent", "api", "fs", "serving", "sources", "store")
+AGENT_PACKAGES = ("agent", "api", "fleet", "fs", "serving", "sources", "store")
 # Imported directly but part of a declared library's public API, shipped as its own
 # distribution: boto3's exceptions and Config live in botocore, pydantic's errors in
 # pydantic-core. The declared library pins the companion it needs.
