@@ -40,6 +40,7 @@ from modelcache.fleet.server import (
     PIECE_HEADER,
     PeerBounds,
     PeerServer,
+    VERIFIED_HEADER,
     TokenChecker,
     open_regular,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "MIN_TOKEN_CHARS",
     "NODE_HEADER",
     "PIECE_HEADER",
+    "VERIFIED_HEADER",
     "BadRange",
     "BlobLocator",
     "Body",

@@ -19,7 +19,7 @@ import requests
 import urllib3
 
 from modelcache.fleet.auth import bearer
-from modelcache.fleet.server import NODE_HEADER, PIECE_HEADER
+from modelcache.fleet.server import NODE_HEADER, PIECE_HEADER, VERIFIED_HEADER
 from modelcache.serving import MIN_FILE_RATE, parse_content_length
 
 CONNECT_TIMEOUT_S = 3.0
@@ -35,7 +35,13 @@ class PeerError(Exception):
 
 
 class PiecePending(PeerError):  # noqa: N818 - the contract's names
-    """The peer is downloading that blob but has not verified that piece yet: ask again."""
+    """The peer is downloading that blob but has not verified that piece yet: ask again.
+    `verified`: how many pieces of the blob it has verified (-1 when it did not say), so a
+    waiting node tells a peer that is slow from one that is stuck."""
+
+    def __init__(self, message: str, verified: int = -1) -> None:
+        super().__init__(message)
+        self.verified = verified
 
 
 class PieceAbsent(PeerError):  # noqa: N818 - the contract's names
@@ -246,7 +252,9 @@ class PeerClient:
         node = response.headers.get(NODE_HEADER, self.name)[:80]
         said = f"peer {self.name} ({node}) answered {status} for {what}: {reason}"
         if status == 503 and response.headers.get(PIECE_HEADER) == "pending":
-            return PiecePending(said)
+            count = response.headers.get(VERIFIED_HEADER, "")
+            verified = int(count) if count.isascii() and count.isdigit() and len(count) < 10 else -1
+            return PiecePending(said, verified)
         if status == 404:
             return PieceAbsent(said)
         if status in (401, 403):

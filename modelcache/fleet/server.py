@@ -45,6 +45,7 @@ from modelcache.serving import (
 log = logging.getLogger(__name__)
 
 NODE_HEADER = "X-Modelcache-Node"
+VERIFIED_HEADER = "X-Modelcache-Verified"
 PIECE_HEADER = "X-Modelcache-Piece"
 MAX_UPLOADS = 4
 MIN_PIECE_SIZE = 4 * 1024  # a piece size asked for is a power of two in this range
@@ -205,7 +206,9 @@ class _PeerHandler(BoundedHandler):
             self._refuse(416, "bad_request", f"blob {sha256} has {count} pieces of {size}")
             return None
         if index not in holding.verified:
-            pending = {PIECE_HEADER: "pending", "Retry-After": "1"}
+            # How many pieces are verified so far: a waiting peer sees the download move.
+            verified = str(len(holding.verified))
+            pending = {PIECE_HEADER: "pending", "Retry-After": "1", VERIFIED_HEADER: verified}
             self._refuse(503, "pending", f"piece {index} is not verified yet", pending)
             return None
         opened = open_regular(holding.path)
