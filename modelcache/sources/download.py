@@ -574,15 +574,16 @@ def download_file(
     that fails verification is fetched once more from zero (a record may claim bytes the
     disk lost), so only a mismatch of a from-zero fetch is reported. `progress` is called
     from worker threads with the bytes of each chunk received (so resumed parts are not
-    counted, and a restart counts again). `limiter` shares a bandwidth cap across calls;
-    otherwise `options.bandwidth_limit` caps this call alone. `on_resume_discarded` is told
-    why a record's claims were thrown away.
+    counted; a restart, or a piece fetched again, counts again). `limiter` shares a
+    bandwidth cap across calls; otherwise `options.bandwidth_limit` caps this call alone.
+    `on_resume_discarded` is told why a record's claims were thrown away.
 
     When `expected` has pieces, they are the parts (`options.part_size` does not apply),
     each checked against its digest as it completes; `route` picks where each read of a
     piece comes from (L3, pinned to HEAD's ETag, by default), and `on_verified_piece` is
-    told each piece whose bytes on disk are checked (by this call, or by the one whose
-    record claimed it), from worker threads.
+    told each piece whose bytes on disk are checked: first those a resume record claims
+    (checked by the call that claimed them), from the calling thread, then each piece as
+    it passes, from worker threads.
     Raises VerificationError: of the whole file (partial file removed) or, with `piece` set,
     of a piece that failed its digest 1 + PIECE_REFETCHES times (the partial and its record
     kept: they claim only the pieces that matched); ObjectNotFound, ObjectChanged (it kept
