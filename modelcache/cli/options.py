@@ -62,7 +62,10 @@ SessionToken = Annotated[str | None, typer.Option("--session-token", help="STS s
 Concurrency = Annotated[
     int, typer.Option("--concurrency", min=1, max=256, help="Parallel ranged GETs per file.")
 ]
-PartSize = Annotated[str, typer.Option("--part-size", help="Bytes per ranged GET, e.g. 8M.")]
+PartSize = Annotated[
+    str,
+    typer.Option("--part-size", help="Bytes per ranged GET, e.g. 8M (pieced files: a piece)."),
+]
 MaxRate = Annotated[
     str | None,
     typer.Option("--max-rate", help="Bandwidth cap in bytes/s, e.g. 10M; none by default."),

@@ -4,8 +4,10 @@ download with resume and verification.
 What it offers (`__all__`): `open_source` (a URL to an `ObjectClient`), the clients'
 contract and errors (`base`); publishing and reading versions (`publish`, `read_manifest`,
 `list_versions`, `prune`...); the downloader (`download_file`, `PullOptions`,
-`RateLimiter`). Behind it: one module per backend (oss, s3, local, http, imported only
-for a URL of their scheme), `download` (the transfer), `resume` (the resume record),
+`RateLimiter`) and its seam for where each piece comes from (`Piece`, `PieceSource`,
+`PieceRead`, `PieceRouter`, `ObjectPieces`). Behind it: one module per backend (oss, s3,
+local, http, imported only for a URL of their scheme), `download` (the transfer),
+`pieces` (a download's pieces and their sources), `resume` (the resume record),
 `ratelimit` (the bandwidth cap). Checksums and durable writes come from `modelcache.fs`.
 
 The downloader's names load on first use: they need the `[agent]` extra (tenacity),
@@ -32,6 +34,7 @@ from modelcache.sources.base import (
     SourceURL,
     parse_source_url,
 )
+from modelcache.sources.pieces import ObjectPieces, Piece, PieceRead, PieceRouter, PieceSource
 from modelcache.sources.publish import (
     Rebuilt,
     VersionExists,
@@ -69,7 +72,12 @@ __all__ = [
     "ObjectClient",
     "ObjectInfo",
     "ObjectNotFound",
+    "ObjectPieces",
     "ObjectTooLarge",
+    "Piece",
+    "PieceRead",
+    "PieceRouter",
+    "PieceSource",
     "Progress",
     "PullCancelled",
     "PullOptions",

@@ -9,6 +9,12 @@ an object are never mixed: a changed ETag discards everything and starts over.
 The file is hashed in order while it arrives (size, sha256, CRC-64/XZ) and checked
 against the manifest. A bandwidth cap (`ratelimit`) may be shared by several files.
 
+When the manifest gives the file's pieces (schema 2), the parts are those pieces: each is
+hashed while it streams and checked against the publisher's digest before the record
+claims it and before the ordered hash takes it in; a piece whose bytes do not match is
+fetched again from zero, at most `PIECE_REFETCHES` times, then the download fails naming
+it. Where each piece is read from is a `PieceRouter`'s choice (`pieces`; L3 by default).
+
 Transient failures (`SourceUnreachable`: refused connections, timeouts, 5xx,
 streams cut short) are retried per part with jittered exponential backoff; a
 retried part continues from the last byte it wrote.
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import random
@@ -48,12 +55,20 @@ from modelcache.sources.base import (
     SourceError,
     SourceUnreachable,
 )
+from modelcache.sources.pieces import (
+    ObjectPieces,
+    Piece,
+    PieceRead,
+    PieceRouter,
+    PieceSource,
+    from_l3,
+    part_size_of,
+    plan_pieces,
+)
 from modelcache.sources.ratelimit import RateLimiter
 from modelcache.sources.resume import (
     Journal,
-    Part,
     ResumeRecord,
-    plan_parts,
     read_record,
     resume_path,
 )
@@ -67,9 +82,15 @@ HEAD_RETRIES = 2
 """HEAD fails fast (nothing transferred yet, the caller's loop retries later)."""
 RESTARTS = 1
 """How often an object that changes under a download is started over before giving up."""
+PIECE_REFETCHES = 2
+"""How often a piece whose bytes fail its digest is fetched again from zero before the
+download fails naming it (a flipped bit on the way is cured by one; a store that holds
+other bytes than were published is not cured by any)."""
 
 DiscardHook = Callable[[str], None]
 """Told why a resume record's claims were thrown away (the engine makes it an event)."""
+PieceHook = Callable[[int], None]
+"""Told the index of each piece whose bytes on disk match the publisher's digest."""
 
 What = Literal["size", "crc64", "sha256"]
 
@@ -103,15 +124,27 @@ class PullOptions:
 
 
 class VerificationError(SourceError):
-    """The bytes are not the ones the manifest promises (size, CRC-64/XZ or sha256)."""
+    """The bytes are not the ones the manifest promises (size, CRC-64/XZ or sha256 of the
+    file, or the sha256 of one piece: then `piece` is its index)."""
 
-    def __init__(self, path: str, what: What, expected: str, actual: str, source: str) -> None:
+    def __init__(
+        self,
+        path: str,
+        what: What,
+        expected: str,
+        actual: str,
+        source: str,
+        *,
+        piece: int | None = None,
+    ) -> None:
         self.path = path
         self.what = what
         self.expected = expected
         self.actual = actual
+        self.piece = piece
+        label = what if piece is None else f"piece {piece} {what}"
         super().__init__(
-            f"{path}: {what} mismatch: expected {expected}, got {actual} (from {source})"
+            f"{path}: {label} mismatch: expected {expected}, got {actual} (from {source})"
         )
 
 
@@ -129,7 +162,7 @@ def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
 class _Cursor:
     """How much of a part is written: a retry continues from there."""
 
-    part: Part
+    part: Piece
     written: int = 0
     progress_at: float = field(default_factory=time.monotonic)  # the last byte received
     stalled: int = 0  # failed attempts since then
@@ -159,9 +192,9 @@ class PullCancelled(Exception):  # noqa: N818 - reads as what it is
 class _Download:
     """One attempt at one object version into one fd; `run()` fetches the pending parts."""
 
-    client: ObjectClient
-    key: str
-    info: ObjectInfo
+    l3: ObjectPieces
+    path: str  # the manifest's path of the file, for messages
+    part_size: int
     fd: int
     journal: Journal
     options: PullOptions
@@ -171,15 +204,17 @@ class _Download:
     resume_from: dict[int, int] = field(default_factory=dict)  # part -> bytes already on disk
     abort: threading.Event = field(default_factory=threading.Event)
     cancel: threading.Event | None = None  # the caller's: set when it stops
+    route: PieceRouter = from_l3
+    on_verified: PieceHook | None = None
 
     @property
     def chunk(self) -> int:
         size = CHUNK_SIZE
         if self.limiter is not None:  # small reads keep a throttled stream smooth
             size = max(16 * 1024, min(size, int(self.limiter.rate / 16)))
-        return max(1, min(size, self.options.part_size))
+        return max(1, min(size, self.part_size))
 
-    def run(self, parts: list[Part]) -> None:
+    def run(self, parts: list[Piece]) -> None:
         if not parts:
             return
         workers = min(self.options.concurrency, len(parts))
@@ -200,43 +235,108 @@ class _Download:
             future.cancel()
         wait(futures)
 
-    def fetch(self, part: Part) -> None:
-        """Fetch one part, retrying transient failures from the last byte written (or from
-        what the resume record says is already on disk)."""
-        cursor = _Cursor(part, written=self.resume_from.get(part.index, 0))
+    def fetch(self, piece: Piece) -> None:
+        """Fetch one piece, retrying transient failures from the last byte written (or from
+        what the resume record says is already on disk). A piece with a digest is checked
+        before anyone is told it is there, and fetched again from zero when it fails."""
+        held = self.resume_from.get(piece.index, 0)
+        mismatched: list[str] = []
+        while True:
+            check = None if piece.sha256 is None else self._piece_hash(piece, held)
+            source = self._fetch_bytes(piece, held, check, tuple(mismatched))
+            if check is not None and check.hexdigest() != piece.sha256:
+                mismatched.append(source.describe())
+                self._mismatch(piece, check.hexdigest(), mismatched)
+                held = 0
+                continue
+            if check is not None:
+                if self.hasher is not None:
+                    self.hasher.written(piece.index, piece.length)
+                if self.on_verified is not None:
+                    self.on_verified(piece.index)
+            self.journal.finished(piece)
+            return
+
+    def _fetch_bytes(
+        self,
+        piece: Piece,
+        held: int,
+        check: hashlib._Hash | None,
+        mismatched: tuple[str, ...],
+    ) -> PieceSource:
+        """Get the piece's bytes after its first `held` onto the disk, from the sources the
+        router picks; returns the one that sent the last of them."""
+        cursor = _Cursor(piece, written=held)
         cursor.seen = cursor.written
+        source: PieceSource = self.l3
         for try_ in self._retrying(cursor):
             with try_:
-                self._stream(cursor)
-                if cursor.written < part.length:
+                source = self.route(PieceRead(piece, cursor.written, mismatched, self.l3))
+                self._stream(cursor, source, check)
+                if cursor.written < piece.length:
                     raise SourceUnreachable(
-                        f"{self.client.describe(self.key)}: response ended after "
-                        f"{cursor.written} of {part.length} bytes of part {part.index}"
+                        f"{source.describe()}: response ended after "
+                        f"{cursor.written} of {piece.length} bytes of part {piece.index}"
                     )
-        self.journal.finished(part)
+        return source
 
-    def _stream(self, cursor: _Cursor) -> None:
-        """Write the rest of the part as it arrives, advancing the cursor per chunk."""
+    def _piece_hash(self, piece: Piece, held: int) -> hashlib._Hash:
+        """A piece's hash, fed first with the bytes a resumed piece already has on disk."""
+        check = hashlib.sha256()
+        buffer = bytearray(min(CHUNK_SIZE, max(1, held)))
+        view = memoryview(buffer)
+        position = 0
+        while position < held:
+            got = os.preadv(self.fd, [view[: held - position]], piece.start + position)
+            if got <= 0:
+                raise OSError(f"short read at offset {piece.start + position}")
+            check.update(view[:got])
+            position += got
+        return check
+
+    def _mismatch(self, piece: Piece, actual: str, mismatched: list[str]) -> None:
+        """The piece's bytes are not the publisher's: nothing claims them; try again from
+        zero, or give up naming the piece once it failed 1 + PIECE_REFETCHES times."""
+        assert piece.sha256 is not None
+        self.journal.progressed(piece, 0, 0)  # the record no longer claims any of its bytes
+        if len(mismatched) > PIECE_REFETCHES:
+            raise VerificationError(
+                self.path, "sha256", piece.sha256, actual, mismatched[-1], piece=piece.index
+            )
+        log.warning(
+            "%s: piece %d from %s does not match its sha256: fetching it again from zero "
+            "(%d of %d)",
+            self.path,
+            piece.index,
+            mismatched[-1],
+            len(mismatched),
+            PIECE_REFETCHES,
+        )
+
+    def _stream(self, cursor: _Cursor, source: PieceSource, check: hashlib._Hash | None) -> None:
+        """Write the rest of the part as it arrives, advancing the cursor per chunk. A part
+        without a digest is handed to the ordered hash as it lands; one with a digest only
+        once it is checked (`fetch`)."""
         part = cursor.part
         self._check_abort()
-        ranges = self.client.iter_range(
-            self.key, cursor.position, part.end, etag=self.info.etag, chunk=self.chunk
-        )
+        ranges = source.read(part, cursor.written, self.chunk)
         try:
             for data in ranges:
                 self._check_abort()
                 if cursor.position + len(data) > part.end:
                     raise SourceError(
-                        f"{self.client.describe(self.key)}: server sent more than the "
+                        f"{source.describe()}: sent more than the "
                         f"{part.length} bytes asked for part {part.index}"
                     )
                 if self.limiter is not None:
                     self.limiter.acquire(len(data))
+                if check is not None:
+                    check.update(data)
                 _pwrite_all(self.fd, data, cursor.position)
                 cursor.written += len(data)
                 cursor.progress_at = time.monotonic()
                 self.journal.progressed(part, cursor.written, len(data))
-                if self.hasher is not None:
+                if self.hasher is not None and check is None:
                     self.hasher.written(part.index, cursor.written)
                 if self.progress is not None:
                     self.progress(len(data))
@@ -252,7 +352,7 @@ class _Download:
 
     def _check_abort(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
-            raise PullCancelled(f"{self.client.describe(self.key)}: the download was cancelled")
+            raise PullCancelled(f"{self.l3.describe()}: the download was cancelled")
         if self.abort.is_set():
             raise _Aborted
 
@@ -465,6 +565,8 @@ def download_file(
     limiter: RateLimiter | None = None,
     cancel: threading.Event | None = None,
     on_resume_discarded: DiscardHook | None = None,
+    route: PieceRouter = from_l3,
+    on_verified_piece: PieceHook | None = None,
 ) -> Digest:
     """Download `key` into `dest` (a temp path) and verify it against `expected`.
 
@@ -472,12 +574,21 @@ def download_file(
     that fails verification is fetched once more from zero (a record may claim bytes the
     disk lost), so only a mismatch of a from-zero fetch is reported. `progress` is called
     from worker threads with the bytes of each chunk received (so resumed parts are not
-    counted, and a restart counts again). `limiter` shares a bandwidth cap across calls;
-    otherwise `options.bandwidth_limit` caps this call alone. `on_resume_discarded` is told
-    why a record's claims were thrown away.
-    Raises VerificationError (partial file removed), ObjectNotFound, ObjectChanged
-    (it kept changing), SourceUnreachable (after retries), OSError (local disk), and
-    PullCancelled once `cancel` is set (the partial kept, resumable).
+    counted; a restart, or a piece fetched again, counts again). `limiter` shares a
+    bandwidth cap across calls; otherwise `options.bandwidth_limit` caps this call alone.
+    `on_resume_discarded` is told why a record's claims were thrown away.
+
+    When `expected` has pieces, they are the parts (`options.part_size` does not apply),
+    each checked against its digest as it completes; `route` picks where each read of a
+    piece comes from (L3, pinned to HEAD's ETag, by default), and `on_verified_piece` is
+    told each piece whose bytes on disk are checked: first those a resume record claims
+    (checked by the call that claimed them), from the calling thread, then each piece as
+    it passes, from worker threads.
+    Raises VerificationError: of the whole file (partial file removed) or, with `piece` set,
+    of a piece that failed its digest 1 + PIECE_REFETCHES times (the partial and its record
+    kept: they claim only the pieces that matched); ObjectNotFound, ObjectChanged (it kept
+    changing), SourceUnreachable (after retries), OSError (local disk), and PullCancelled
+    once `cancel` is set (the partial kept, resumable).
     """
     if limiter is None and options.bandwidth_limit is not None:
         limiter = RateLimiter(options.bandwidth_limit)
@@ -489,15 +600,17 @@ def download_file(
         check_head(client, key, info, expected)
         try:
             fetched = _fetch_all(
-                client,
-                key,
+                ObjectPieces(client, key, info.etag),
                 info,
+                expected,
                 dest,
                 options=options,
                 progress=progress,
                 limiter=limiter,
                 cancel=cancel,
                 on_discard=on_resume_discarded,
+                route=route,
+                on_verified=on_verified_piece,
             )
         except ObjectChanged:
             discard(dest)
@@ -535,9 +648,9 @@ class _Fetched:
 
 
 def _fetch_all(
-    client: ObjectClient,
-    key: str,
+    l3: ObjectPieces,
     info: ObjectInfo,
+    expected: ManifestFile,
     dest: Path,
     *,
     options: PullOptions,
@@ -545,26 +658,35 @@ def _fetch_all(
     limiter: RateLimiter | None,
     cancel: threading.Event | None = None,
     on_discard: DiscardHook | None = None,
+    route: PieceRouter = from_l3,
+    on_verified: PieceHook | None = None,
 ) -> _Fetched:
     """Fetch every part not yet on disk (a durable record says what is), hashing the file
     in order while it arrives; returns what the whole file hashes to."""
-    with _open_partial(dest, key, info, options.part_size, on_discard) as opened:
-        parts = plan_parts(info.size, options.part_size)
+    part_size = part_size_of(expected, options.part_size)
+    with _open_partial(dest, l3.key, info, part_size, on_discard) as opened:
+        parts = plan_pieces(expected, options.part_size)
         todo = [p for p in parts if p.index not in opened.record.done]
         started = opened.record.started()
         journal = Journal(opened.fd, resume_path(dest), opened.record)
         log.info(
-            "downloading %s: %d bytes, %d of %d parts to fetch",
-            client.describe(key),
+            "downloading %s: %d bytes, %d of %d %s to fetch",
+            l3.describe(),
             info.size,
             len(todo),
             len(parts),
+            "parts" if expected.pieces is None else "pieces",
         )
-        hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done, started=started)
+        # A started piece's bytes count for the ordered hash only once the piece is checked.
+        hashed_from = started if expected.pieces is None else {}
+        hasher = OrderedHasher(opened.fd, parts, complete=opened.record.done, started=hashed_from)
+        if on_verified is not None and expected.pieces is not None:
+            for index in sorted(opened.record.done):  # checked by the run that claimed them
+                on_verified(index)
         download = _Download(
-            client,
-            key,
-            info,
+            l3,
+            expected.path,
+            part_size,
             opened.fd,
             journal,
             options,
@@ -573,6 +695,8 @@ def _fetch_all(
             hasher,
             started,
             cancel=cancel,
+            route=route,
+            on_verified=on_verified,
         )
         try:
             download.run(todo)

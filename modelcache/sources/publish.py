@@ -27,12 +27,15 @@ from modelcache.api.manifest import (
     INDEX_MAX_BYTES,
     INDEX_NAME,
     MANIFEST_NAME,
+    MIN_PIECE,
     Manifest,
     ManifestFile,
+    Pieces,
     VersionIndex,
+    piece_size_for,
 )
 from modelcache.api.names import check_relative_path, check_version
-from modelcache.fs import hash_file, kind_of
+from modelcache.fs import Digest, hash_file, kind_of
 from modelcache.problems import one_line
 from modelcache.sources.base import ObjectClient, ObjectNotFound, Progress, SourceError
 
@@ -392,9 +395,14 @@ def _upload(
     entries: list[ManifestFile] = []
     for relative, path in files:
         before = _identity(path)
-        digest = hash_file(path)
+        piece_size = piece_size_for(before[1])  # a size changed meanwhile is refused below
+        digest = hash_file(path, piece_size=piece_size)
         entry = ManifestFile(
-            path=relative, size=digest.size, sha256=digest.sha256, crc64=str(digest.crc64)
+            path=relative,
+            size=digest.size,
+            sha256=digest.sha256,
+            crc64=str(digest.crc64),
+            pieces=pieces_of(digest, piece_size),
         )
         if on_file is not None:
             on_file(relative, entry.size)
@@ -423,6 +431,14 @@ def _upload(
         entries.append(entry)
         log.info("published %s (%d bytes)", client.describe(key), entry.size)
     return Manifest(version=version, created=dt.datetime.now(dt.UTC), files=tuple(entries))
+
+
+def pieces_of(digest: Digest, piece_size: int) -> Pieces | None:
+    """The manifest's pieces of a file hashed in `piece_size` pieces: none for a file of at
+    most MIN_PIECE bytes (its own sha256 verifies its one piece)."""
+    if digest.size <= MIN_PIECE:
+        return None
+    return Pieces(size=piece_size, sha256=digest.pieces)
 
 
 def _identity(path: Path) -> tuple[int, int, int, int]:

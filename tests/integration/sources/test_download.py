@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcache.api.manifest import ManifestFile
+from modelcache.api.manifest import ManifestFile, Pieces, piece_size_for
 from modelcache.fs import StreamHasher
 from modelcache.sources import (
     Credentials,
@@ -47,6 +47,16 @@ def entry_for(data: bytes, path: str = PATH) -> ManifestFile:
     hasher.update(data)
     digest = hasher.digest()
     return ManifestFile(path=path, size=digest.size, sha256=digest.sha256, crc64=str(digest.crc64))
+
+
+def pieced_entry_for(data: bytes, path: str = PATH) -> ManifestFile:
+    """The entry publish writes for `data` (schema 2): with the sha256 of each piece."""
+    piece_size = piece_size_for(len(data))
+    hasher = StreamHasher(piece_size)
+    hasher.update(data)
+    digest = hasher.digest()
+    pieces = Pieces(size=piece_size, sha256=digest.pieces)
+    return entry_for(data, path).model_copy(update={"pieces": pieces})
 
 
 class Counted:
@@ -366,23 +376,27 @@ def claimed(dest: Path, parts: list[Part]) -> dict[int, int]:
     return {**record.started(), **{i: parts[i].length for i in record.done}}
 
 
-@pytest.mark.parametrize("scheme", ["oss", "s3"])
+@pytest.mark.parametrize(
+    ("scheme", "layout"), [("oss", "parts"), ("s3", "parts"), ("s3", "pieces")]
+)
 def test_kill_9_at_many_points_then_resume_is_byte_identical(
-    scheme: str, store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
+    scheme: str, layout: str, store_env: ObjectStore, tmp_path: Path, http_root: tuple[Path, str]
 ) -> None:
     """Killed twelve times at different points: the record never claims a byte that is not
     on disk, each run keeps what it fetched (whole parts, and the first bytes of the parts in
-    flight), and the resumed download fetches only what was never claimed."""
+    flight), and the resumed download fetches only what was never claimed. With pieces
+    (schema 2) the parts are the pieces, and a resumed piece is hashed from its first byte."""
     location = make_location(scheme, store_env, tmp_path, http_root)
     data, part_size = os.urandom(12 * MiB), 512 * 1024
     location.put(KEY, data)
-    parts = plan_parts(len(data), part_size)
+    entry = entry_for(data) if layout == "parts" else pieced_entry_for(data)
+    parts = plan_parts(len(data), part_size if entry.pieces is None else entry.pieces.size)
     dest = tmp_path / "tmp" / "blob"
     dest.parent.mkdir()
     job = {
         "url": str(location.client.url),
         "key": KEY,
-        "entry": entry_for(data).model_dump(),
+        "entry": entry.model_dump(),
         "dest": str(dest),
         "part_size": part_size,
         "rate": MiB // 2,  # slow: twelve kills, each a flush or so of progress, use a part of it
@@ -411,7 +425,7 @@ def test_kill_9_at_many_points_then_resume_is_byte_identical(
     assert saw_partial, "parts in flight were resumed from their first bytes, not redone"
     seen = Counted()
     options = PullOptions(concurrency=4, part_size=part_size)
-    download_file(location.client, KEY, entry_for(data), dest, options=options, progress=seen)
+    download_file(location.client, KEY, entry, dest, options=options, progress=seen)
     assert dest.read_bytes() == data
     assert seen.total == len(data) - sum(held.values())
     assert not resume_path(dest).exists()

@@ -3,6 +3,7 @@ garbage index, fail before a manifest exists, so the version name is not burnt."
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -13,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelcache.api.manifest import Manifest
+from modelcache.api.manifest import MIN_PIECE, Manifest, piece_size_for
 from modelcache.sources import SourceError, VersionExists, open_source, publish, read_manifest
 from modelcache.sources.publish import INDEX_LOCK, claim_key, manifest_key, read_index
 from tests.strategies import json_values
@@ -163,3 +164,30 @@ def test_any_claim_record_found_refuses_the_publish_cleanly(
         publish(client, model, "v1")
     assert sorted(client.list_keys()) == [claim_key("v1")]
     assert client.get_bytes(claim_key("v1")) == record, "another's claim is left as it is"
+
+
+def test_a_published_manifest_has_the_pieces_of_each_large_file(tmp_path: Path) -> None:
+    """Schema 2: a file larger than MIN_PIECE carries the sha256 of each of its pieces, as
+    the store now holds them; a small one carries none (its own sha256 is its one piece)."""
+    model = tmp_path / "model"
+    model.mkdir()
+    large = os.urandom(2 * MIN_PIECE + 12345)  # three pieces, the last one short
+    (model / "unet.safetensors").write_bytes(large)
+    (model / "edge.bin").write_bytes(os.urandom(MIN_PIECE))  # exactly MIN_PIECE: no pieces
+    (model / "config.json").write_text("{}")
+    client = open_source(f"file://{tmp_path / 'l3'}")
+    published = publish(client, model, "v1")
+    manifest = read_manifest(client, "v1")
+    assert manifest == published
+    assert manifest.schema_version == 2
+    entry = manifest.file("unet.safetensors")
+    assert entry.pieces is not None
+    assert entry.pieces.size == piece_size_for(len(large)) == MIN_PIECE
+    stored = client.get_bytes("v1/unet.safetensors")
+    assert entry.pieces.sha256 == tuple(
+        hashlib.sha256(stored[start : start + MIN_PIECE]).hexdigest()
+        for start in range(0, len(stored), MIN_PIECE)
+    )
+    assert entry.piece_count() == 3
+    assert manifest.file("edge.bin").pieces is None
+    assert manifest.file("config.json").pieces is None
