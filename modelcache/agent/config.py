@@ -32,7 +32,6 @@ from modelcache.fs import FileRefused, read_capped
 from modelcache.problems import MAX_PROBLEMS
 from modelcache.sources import parse_source_url
 
-
 _NODE_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 
 
@@ -138,6 +137,10 @@ class PeersConfig(_Strict):
     max_uploads: Annotated[int, Field(ge=1, le=64)] = 4
     max_upload_bytes_per_second: Annotated[float | None, Field(gt=0)] = None
     origin_streams: Annotated[int, Field(ge=1, le=256)] = 4
+    # How long a peer that does not pull a blob (yet) is waited for, and how long one may
+    # keep a piece pending without verifying more, before its pieces go elsewhere.
+    absent_grace_seconds: Annotated[float, Field(ge=0)] = 10.0
+    stall_timeout_seconds: Annotated[float, Field(gt=0)] = 30.0
 
     @field_validator("nodes")
     @classmethod

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from modelcache.agent.events import (
@@ -24,6 +25,8 @@ from modelcache.agent.events import (
     Flipped,
     Installed,
     ModelRemoved,
+    PeerBadPiece,
+    PeerUnavailable,
     Pinned,
     PullEnded,
     PullStarted,
@@ -35,14 +38,21 @@ from modelcache.agent.events import (
 )
 from modelcache.api import Manifest, ManifestFile
 from modelcache.sources import (
+    BlobRoute,
     Credentials,
+    FanoutRouter,
+    Fleet,
     ObjectClient,
+    PeerReport,
+    PieceRouter,
+    PieceTally,
     PullOptions,
     RateLimiter,
     SourceError,
     VerificationError,
     discard,
     download_file,
+    from_l3,
     open_source,
     read_manifest,
 )
@@ -93,6 +103,39 @@ class PullResult:
     already_installed: bool
 
 
+class _PeerEvents(PeerReport):
+    """A pull's peer trouble as events: which peer served bad bytes, or failed us."""
+
+    def __init__(self, events: EventLog, model: ModelRef, version: str, entry: ManifestFile):
+        self.events = events
+        self.model = str(model)
+        self.version = version
+        self.entry = entry
+
+    def bad_piece(self, peer: str, index: int) -> None:
+        self.events.emit(
+            PeerBadPiece(
+                model=self.model,
+                version=self.version,
+                peer=peer,
+                file=self.entry.path,
+                sha256=self.entry.sha256,
+                piece=index,
+            )
+        )
+
+    def unavailable(self, peer: str, reason: str) -> None:
+        self.events.emit(
+            PeerUnavailable(
+                model=self.model,
+                version=self.version,
+                peer=peer,
+                file=self.entry.path,
+                reason=reason,
+            )
+        )
+
+
 @dataclass
 class VerifyReport:
     checked: int = 0
@@ -113,8 +156,10 @@ class CacheEngine:
         options: PullOptions | None = None,
         credentials: Credentials | None = None,
         warm_after_pull: bool = True,
+        fleet: Fleet | None = None,
     ) -> None:
         self.store = store
+        self.fleet = fleet
         self.events = events
         self.options = options or PullOptions()
         self.credentials = credentials
@@ -281,45 +326,134 @@ class CacheEngine:
         with self.store.blob_lock(sha256):
             if self.store.has_blob(sha256):
                 return 0
-            key = f"{version}/{entry.path}"
             received = _ByteCounter(progress.advance)
-            try:
-                download_file(
-                    client,
-                    key,
-                    entry,
-                    self.store.tmp_path(sha256),
-                    options=self.options,
-                    progress=received.add,
-                    limiter=self.limiter,
-                    cancel=self._cancel,
-                    on_resume_discarded=self._resume_discarded(model, version, entry),
-                )
-            except VerificationError:
-                self.events.emit(
-                    VerifyFailed(
-                        model=str(model), version=version, file=entry.path, sha256=entry.sha256
-                    )
-                )
-                raise
-            except OSError as error:
-                if error.errno != errno.ENOSPC:
-                    raise
-                # The disk filled up after the up-front check (someone else wrote): give the
-                # preallocated partial back, or every later command fails on a full disk.
-                discard(self.store.tmp_path(sha256))
-                free = self.store.usage().free_bytes
-                raise DiskFull(
-                    f"{self.store.root} is full: {model} {version} needed {entry.size} more "
-                    f"bytes for {entry.path}, {free} are free (the partial download was removed)"
-                ) from None
+            tally = self._download_blob(model, client, version, entry, received)
             self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
         self.events.emit(
             FileFetched(
-                model=str(model), version=version, file=entry.path, bytes=entry.size, sha256=sha256
+                model=str(model),
+                version=version,
+                file=entry.path,
+                bytes=entry.size,
+                sha256=sha256,
+                bytes_from_peers=tally.bytes_from_peers,
+                pieces_from_l3=tally.pieces_from_l3,
+                pieces_from_peers=tally.pieces_from_peers,
+                peers=tally.peers,
             )
         )
         return received.total
+
+    def _download_blob(
+        self,
+        model: ModelRef,
+        client: ObjectClient,
+        version: str,
+        entry: ManifestFile,
+        received: _ByteCounter,
+    ) -> PieceTally:
+        """Fetch `entry`'s blob into its temp path, from the site's peers where the node has
+        any (docs/fanout.md), else from L3; returns where its pieces came from."""
+        dest = self.store.tmp_path(entry.sha256)
+        router = self._router(model, version, entry)
+        serving = None
+        if self.fleet is not None and entry.pieces is not None:  # peers may take verified pieces
+            serving = self.fleet.inflight.begin(entry.sha256, dest, entry.size, entry.pieces.size)
+
+        def verified(index: int) -> None:
+            if serving is not None:
+                serving.verified(index)
+            if router is not None:
+                router.verified(index)
+
+        try:
+            self._fetch_into(
+                model,
+                client,
+                version,
+                entry,
+                dest=dest,
+                received=received,
+                router=router,
+                verified=verified,
+            )
+        except VerificationError:
+            if router is None or entry.pieces is not None or not router.tally().peers:
+                raise
+            # Published without piece digests: a peer's bytes are checked only with the
+            # whole file. It failed: every byte again from L3, no peer trusted this time.
+            self._fetch_into(
+                model,
+                client,
+                version,
+                entry,
+                dest=dest,
+                received=received,
+                router=None,
+                verified=verified,
+            )
+            return PieceTally()
+        finally:
+            if serving is not None:
+                serving.end()
+        return router.tally() if router is not None else PieceTally()
+
+    def _router(self, model: ModelRef, version: str, entry: ManifestFile) -> FanoutRouter | None:
+        if self.fleet is None or not self.fleet.peers:
+            return None
+        route = BlobRoute(
+            self.fleet,
+            entry.sha256,
+            entry.piece_count(),
+            _PeerEvents(self.events, model, version, entry),
+        )
+        return FanoutRouter(route, entry)
+
+    def _fetch_into(
+        self,
+        model: ModelRef,
+        client: ObjectClient,
+        version: str,
+        entry: ManifestFile,
+        *,
+        dest: Path,
+        received: _ByteCounter,
+        router: PieceRouter | None,
+        verified: Callable[[int], None],
+    ) -> None:
+        key = f"{version}/{entry.path}"
+        try:
+            download_file(
+                client,
+                key,
+                entry,
+                dest,
+                options=self.options,
+                progress=received.add,
+                limiter=self.limiter,
+                cancel=self._cancel,
+                on_resume_discarded=self._resume_discarded(model, version, entry),
+                route=router if router is not None else from_l3,
+                on_verified_piece=verified,
+            )
+        except VerificationError:
+            self.events.emit(
+                VerifyFailed(
+                    model=str(model), version=version, file=entry.path, sha256=entry.sha256
+                )
+            )
+            raise
+        except OSError as error:
+            if error.errno != errno.ENOSPC:
+                raise
+            # The disk filled up after the up-front check (someone else wrote): give the
+            # preallocated partial back, or every later command fails on a full disk.
+            discard(dest)
+            free = self.store.usage().free_bytes
+            raise DiskFull(
+                f"{self.store.root} is full: {model} {version} needed {entry.size} more "
+                f"bytes for {entry.path}, {free} are free (the partial download was removed)"
+            ) from None
 
     # -- L2: flips ------------------------------------------------------------------------
     def flip(self, model: ModelRef, version: str) -> str | None:

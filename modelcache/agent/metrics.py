@@ -108,6 +108,9 @@ class AgentMetrics:
 
     def observe(self, event: CacheEvent) -> None:
         """Event-log listener: turn cache events into metric updates."""
+        if isinstance(event, FileFetched | PeerBadPiece | PeerUnavailable):
+            self._observe_fanout(event)
+            return
         match event:
             case PullStarted():
                 self._pulling.add((event.model, event.version))
@@ -121,7 +124,9 @@ class AgentMetrics:
                 self.tier_requests.labels(event.model, "L2", "hit").inc(event.files_cached)
                 self.tier_requests.labels(event.model, "L2", "miss").inc(event.files_downloaded)
             case FileFetched():
-                self.pulled_bytes.labels(event.model, "l3").inc(event.bytes - event.bytes_from_peers)
+                self.pulled_bytes.labels(event.model, "l3").inc(
+                    event.bytes - event.bytes_from_peers
+                )
                 self.pulled_bytes.labels(event.model, "peer").inc(event.bytes_from_peers)
                 self.piece_fetches.labels(event.model, "l3").inc(event.pieces_from_l3)
                 self.piece_fetches.labels(event.model, "peer").inc(event.pieces_from_peers)
@@ -150,6 +155,20 @@ class AgentMetrics:
                 if event.operation == "pull":  # failed before or after its PullStarted
                     self._pulling.discard((event.model or "", event.version or ""))
                     self.pulls_in_progress.set(len(self._pulling))
+
+    def _observe_fanout(self, event: FileFetched | PeerBadPiece | PeerUnavailable) -> None:
+        """Where a file's bytes and pieces came from, and which peers failed."""
+        match event:
+            case FileFetched():
+                model = event.model
+                self.pulled_bytes.labels(model, "l3").inc(event.bytes - event.bytes_from_peers)
+                self.pulled_bytes.labels(model, "peer").inc(event.bytes_from_peers)
+                self.piece_fetches.labels(model, "l3").inc(event.pieces_from_l3)
+                self.piece_fetches.labels(model, "peer").inc(event.pieces_from_peers)
+            case PeerBadPiece():
+                self.peer_bad_pieces.labels(event.peer).inc()
+            case PeerUnavailable():
+                self.peer_failures.labels(event.peer).inc()
 
     def record_disk(self, usage: Usage) -> None:
         """The cache filesystem's figures, as the node's status reports them."""

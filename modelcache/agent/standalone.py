@@ -10,10 +10,12 @@ are events, never exits: failed pulls are retried with backoff.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from modelcache.agent.config import (
@@ -25,10 +27,12 @@ from modelcache.agent.config import (
 )
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.events import ConfigLoaded, Failed
+from modelcache.agent.peering import Peering
 from modelcache.agent.process import AgentProcess, Verification
 from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint
 from modelcache.api import parse_model_ref
-from modelcache.sources import PullOptions, SourceError
+from modelcache.fleet import PeerBounds, TokenError
+from modelcache.sources import FanoutOptions, PullOptions, SourceError
 from modelcache.store import ModelRef, Store, StoreError
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ class StandaloneAgent:
         self.process = _process(self.config, stdout_events=stdout_events)
         self.metrics = self.process.metrics
         self.events = self.process.events
+        self.peering = self._peering(self.config)
         self.engine = self._make_engine(self.config)
         self._reload_urls = _endpoints(self.config)
         self.reconciler = NodeReconciler(
@@ -89,12 +94,46 @@ class StandaloneAgent:
             bandwidth_limit=config.pull.max_bytes_per_second,
             stall_timeout=config.pull.stall_timeout_seconds,
         )
-        return CacheEngine(store, self.events, options=options)
+        fleet = None
+        if self.peering is not None and config.peers is not None:
+            fleet = self.peering.fleet({node.name: node.url for node in config.peers.nodes})
+        return CacheEngine(store, self.events, options=options, fleet=fleet)
+
+    def _peering(self, config: AgentConfig) -> Peering | None:
+        """The fan-out's server and clients, set up once: where it listens and its token
+        file take effect at start; the list of peers follows the file."""
+        peers = config.peers
+        if peers is None:
+            return None
+        assert config.node is not None  # the config's validation requires it with peers
+        try:
+            return Peering(
+                config.node,
+                peers.token_file,
+                lambda: self.engine.store,
+                self.metrics.registry,
+                host=peers.listen_host,
+                port=peers.listen_port,
+                bounds=PeerBounds(
+                    max_uploads=peers.max_uploads, max_rate=peers.max_upload_bytes_per_second
+                ),
+                origin_streams=peers.origin_streams,
+                options=FanoutOptions(
+                    absent_grace=peers.absent_grace_seconds,
+                    stall_timeout=peers.stall_timeout_seconds,
+                ),
+            )
+        except TokenError as error:
+            raise ConfigError(f"agent config {self.config_path}: peers: {error}") from None
 
     @property
     def metrics_port(self) -> int | None:
         server = self.process.metrics_server
         return server.server_port if server is not None else None
+
+    @property
+    def peer_port(self) -> int | None:
+        return self.peering.port if self.peering is not None else None
 
     def request_stop(self) -> None:
         """From a signal handler: stop now, not at the next poll."""
@@ -102,8 +141,21 @@ class StandaloneAgent:
         self._wake.set()
 
     def run(self) -> None:
-        """The loop inside its process (metrics server, scrubber), until `stop` is set."""
-        self.process.run(self._loop, stop=self.stop, engine=lambda: self.engine)
+        """The loop inside its process (metrics server, scrubber, peer server), until
+        `stop` is set."""
+        with self._serving_peers():
+            self.process.run(self._loop, stop=self.stop, engine=lambda: self.engine)
+
+    @contextlib.contextmanager
+    def _serving_peers(self) -> Iterator[None]:
+        if self.peering is None:
+            yield
+            return
+        self.peering.start()
+        try:
+            yield
+        finally:
+            self.peering.stop()
 
     def _loop(self) -> None:
         self.events.emit(
@@ -126,9 +178,10 @@ class StandaloneAgent:
     def run_once(self, timeout: float | None = None) -> bool:
         """`agent --once`: pull, flip, reload, retain and collect, then return. True when
         every model is live on its version and every reload target acknowledged it."""
-        self.reconcile()
-        self.reconciler.wait_idle(timeout)
-        self.reconcile()
+        with self._serving_peers():
+            self.reconcile()
+            self.reconciler.wait_idle(timeout)
+            self.reconcile()
         done = True
         for config in self.config.models:
             report = self.reconciler.report(desired(config))
@@ -207,4 +260,4 @@ def _process(config: AgentConfig, *, stdout_events: bool) -> AgentProcess:
 
 
 def _engine_settings(config: AgentConfig) -> tuple[object, ...]:
-    return (config.root, config.high_watermark, config.pull)
+    return (config.root, config.high_watermark, config.pull, config.peers)

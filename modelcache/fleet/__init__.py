@@ -38,9 +38,9 @@ from modelcache.fleet.server import (
     MIN_PIECE_SIZE,
     NODE_HEADER,
     PIECE_HEADER,
+    VERIFIED_HEADER,
     PeerBounds,
     PeerServer,
-    VERIFIED_HEADER,
     TokenChecker,
     open_regular,
 )

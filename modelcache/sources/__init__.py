@@ -34,7 +34,22 @@ from modelcache.sources.base import (
     SourceURL,
     parse_source_url,
 )
-from modelcache.sources.pieces import ObjectPieces, Piece, PieceRead, PieceRouter, PieceSource
+from modelcache.sources.fanout import (
+    BlobRoute,
+    FanoutOptions,
+    FanoutRouter,
+    Fleet,
+    PeerReport,
+    PieceTally,
+)
+from modelcache.sources.pieces import (
+    ObjectPieces,
+    Piece,
+    PieceRead,
+    PieceRouter,
+    PieceSource,
+    from_l3,
+)
 from modelcache.sources.publish import (
     Rebuilt,
     VersionExists,
@@ -65,8 +80,12 @@ _DOWNLOADER = frozenset(
 
 __all__ = [
     "DOCUMENT_LIMIT",
+    "BlobRoute",
     "Credentials",
     "DiscardHook",
+    "FanoutOptions",
+    "FanoutRouter",
+    "Fleet",
     "InvalidSourceURL",
     "ObjectChanged",
     "ObjectClient",
@@ -74,10 +93,12 @@ __all__ = [
     "ObjectNotFound",
     "ObjectPieces",
     "ObjectTooLarge",
+    "PeerReport",
     "Piece",
     "PieceRead",
     "PieceRouter",
     "PieceSource",
+    "PieceTally",
     "Progress",
     "PullCancelled",
     "PullOptions",
@@ -92,6 +113,7 @@ __all__ = [
     "VersionMissing",
     "discard",
     "download_file",
+    "from_l3",
     "list_versions",
     "open_source",
     "parse_source_url",

@@ -271,7 +271,9 @@ class _Download:
         source: PieceSource = self.l3
         for try_ in self._retrying(cursor):
             with try_:
-                source = self.route(PieceRead(piece, cursor.written, mismatched, self.l3))
+                source = self.route(
+                    PieceRead(piece, cursor.written, mismatched, self.l3, self._stopping)
+                )
                 self._stream(cursor, source, check)
                 if cursor.written < piece.length:
                     raise SourceUnreachable(
@@ -349,6 +351,10 @@ class _Download:
         while not self.abort.wait(min(0.2, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline or (self.cancel is not None and self.cancel.is_set()):
                 return
+
+    def _stopping(self) -> bool:
+        """Whether this download is being stopped: a router waiting on a peer gives up."""
+        return self.abort.is_set() or (self.cancel is not None and self.cancel.is_set())
 
     def _check_abort(self) -> None:
         if self.cancel is not None and self.cancel.is_set():

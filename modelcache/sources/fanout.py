@@ -18,15 +18,20 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from modelcache.api.manifest import ManifestFile
 from modelcache.fleet import (
+    Body,
     InFlight,
     PeerClient,
     PeerError,
     PieceAbsent,
     PiecePending,
+    TokenError,
     piece_key,
     rank,
 )
+from modelcache.sources.base import SourceUnreachable
+from modelcache.sources.pieces import ObjectPieces, Piece, PieceRead, PieceSource
 
 ORIGIN = None
 """A candidate that is not a peer: the piece comes from L3."""
@@ -37,12 +42,11 @@ class FanoutOptions:
     """How patient a node is with its peers. `absent_grace`: how long a peer that does not
     pull the blob (yet) is waited for, from when this node began it: nodes start a rollout
     seconds apart. `stall_timeout`: how long a peer may keep a piece pending without
-    verifying any piece of the blob. `probe_timeout`: the question "do you hold it?"."""
+    verifying any piece of the blob."""
 
     absent_grace: float = 10.0
     stall_timeout: float = 30.0
     poll_interval: float = 0.25
-    probe_timeout: float = 2.0
 
 
 @dataclass
@@ -108,7 +112,7 @@ class BlobRoute:
 
         def holds(name: str) -> bool:
             try:
-                return peers[name].holds(self.sha256, timeout=self.fleet.options.probe_timeout)
+                return peers[name].holds(self.sha256)
             except PeerError:
                 return False
 
@@ -185,3 +189,182 @@ class BlobRoute:
         while True:
             yield pause
             pause = min(1.0, pause * 2)
+
+
+PEER = "peer "
+"""How a peer source describes itself: `peer <name>` (what a mismatch is reported as)."""
+
+
+@dataclass(frozen=True)
+class PieceTally:
+    """Where a blob's verified pieces came from, for its FileFetched event and the metrics."""
+
+    pieces_from_l3: int = 0
+    pieces_from_peers: int = 0
+    bytes_from_l3: int = 0
+    bytes_from_peers: int = 0
+    peers: tuple[str, ...] = ()
+
+
+class FanoutRouter:
+    """The `PieceRouter` of one blob pulled with peers (`download_file(route=...)`).
+
+    A piece with the publisher's digest may come from any node that ranks above this one;
+    a part of a file published without piece digests (schema 1) only from a node holding
+    the whole, verified blob, since its bytes are checked only with the whole file."""
+
+    def __init__(self, route: BlobRoute, entry: ManifestFile) -> None:
+        self.route = route
+        self.entry = entry
+        self._lock = threading.Lock()
+        # piece -> (the peer of its last read, None for L3; its length)
+        self._source: dict[int, tuple[str | None, int]] = {}
+        self._reported: set[tuple[str, int]] = set()
+        self._counts: dict[str | None, list[int]] = {}  # source -> [pieces, bytes]
+
+    @property
+    def sha256(self) -> str:
+        return self.route.sha256
+
+    def __call__(self, read: PieceRead) -> PieceSource:
+        index = read.piece.index
+        self._report_mismatches(read)
+        if not read.stopping():
+            for candidate in self._candidates(read.piece):
+                if candidate is ORIGIN:
+                    break
+                if PEER + candidate in read.mismatched:
+                    continue
+                body = self._ask(candidate, read)
+                if body is not None:
+                    with self._lock:
+                        self._source[index] = (candidate, read.piece.length)
+                    return _PeerPieces(self, candidate, body, read.offset)
+                if read.stopping():
+                    break
+        with self._lock:
+            self._source[index] = (None, read.piece.length)
+        return _OriginPieces(read.l3, self.route.fleet.origin_streams)
+
+    def _candidates(self, piece: Piece) -> list[str | None]:
+        if piece.sha256 is not None:
+            return self.route.candidates(piece.index)
+        ranked = self.route.ranked(piece.index)
+        return [*(n for n in ranked if n in self.route.holders), ORIGIN]
+
+    def _report_mismatches(self, read: PieceRead) -> None:
+        for source in read.mismatched:
+            if not source.startswith(PEER):
+                continue
+            key = (source[len(PEER) :], read.piece.index)
+            with self._lock:
+                if key in self._reported:
+                    continue
+                self._reported.add(key)
+            self.route.bad_piece(key[0], key[1])
+
+    def _ask(self, peer: str, read: PieceRead) -> Body | None:
+        """The peer's answer for the piece, opened; None when it is not to be had there:
+        asked again while the peer is fetching it (or may begin to), within the route's
+        patience."""
+        polls = self.route.polls()
+        while not read.stopping():
+            try:
+                return self.open(peer, read.piece)
+            except (PiecePending, PieceAbsent) as answer:
+                if not self.route.keep_waiting(peer, answer):
+                    return None
+                time.sleep(next(polls))
+            except (PeerError, TokenError) as error:
+                self.route.avoid(peer, str(error))
+                return None
+        return None
+
+    def open(self, peer: str, piece: Piece) -> Body:
+        client = self.route.fleet.peers[peer]
+        if piece.sha256 is None or self.entry.pieces is None:
+            return client.blob(self.sha256, piece.start, piece.length)
+        return client.piece(self.sha256, piece.index, self.entry.pieces.size, length=piece.length)
+
+    def stream(self, peer: str, piece: Piece, offset: int, body: Body | None) -> Iterator[bytes]:
+        """The piece's bytes after its first `offset`, from `peer`; a peer that fails on the
+        way is avoided and the failure is one a retry cures (from the next candidate)."""
+        try:
+            if body is None:
+                body = self.open(peer, piece)
+            skip = offset
+            for chunk in body:
+                if skip >= len(chunk):
+                    skip -= len(chunk)
+                    continue
+                yield chunk[skip:] if skip else chunk
+                skip = 0
+        except (PeerError, TokenError) as error:
+            self.route.avoid(peer, str(error))
+            raise SourceUnreachable(f"{PEER}{peer}: {error}") from None
+        finally:
+            if body is not None:
+                body.close()
+
+    def verified(self, piece: int) -> None:
+        """Piece `piece` passed its digest: count it for the source of its last read."""
+        with self._lock:
+            if piece in self._source:  # else claimed by an earlier run's record
+                self._count(*self._source.pop(piece))
+
+    def _count(self, source: str | None, length: int) -> None:
+        tally = self._counts.setdefault(source, [0, 0])
+        tally[0] += 1
+        tally[1] += length
+
+    def tally(self) -> PieceTally:
+        """Where the file's pieces came from. Parts without digests (schema 1) are checked
+        only with the whole file: once it passed, each counts for the source of its last read."""
+        with self._lock:
+            if self.entry.pieces is None:
+                for source, length in self._source.values():
+                    self._count(source, length)
+                self._source.clear()
+            counts = dict(self._counts)
+        l3 = counts.pop(None, [0, 0])
+        return PieceTally(
+            pieces_from_l3=l3[0],
+            pieces_from_peers=sum(c[0] for c in counts.values()),
+            bytes_from_l3=l3[1],
+            bytes_from_peers=sum(c[1] for c in counts.values()),
+            peers=tuple(sorted(name for name in counts if name is not None)),
+        )
+
+
+@dataclass(frozen=True)
+class _PeerPieces:
+    """A piece from a peer, starting with the answer the router already opened."""
+
+    router: FanoutRouter
+    peer: str
+    body: Body
+    offset: int
+
+    def describe(self) -> str:
+        return PEER + self.peer
+
+    def read(self, piece: Piece, offset: int, chunk: int) -> Iterator[bytes]:
+        opened = self.body if offset == self.offset else None
+        if opened is None:
+            self.body.close()
+        return self.router.stream(self.peer, piece, offset, opened)
+
+
+@dataclass(frozen=True)
+class _OriginPieces:
+    """A piece from L3, holding one of the node's origin streams while it is read."""
+
+    l3: ObjectPieces
+    streams: threading.Semaphore
+
+    def describe(self) -> str:
+        return self.l3.describe()
+
+    def read(self, piece: Piece, offset: int, chunk: int) -> Iterator[bytes]:
+        with self.streams:
+            yield from self.l3.read(piece, offset, chunk)

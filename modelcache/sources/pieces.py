@@ -66,6 +66,7 @@ class PieceRead:
     offset: int  # bytes of the piece already held: the read continues after them
     mismatched: tuple[str, ...]  # the sources whose bytes of this piece failed its digest
     l3: ObjectPieces  # the object in L3, the source when nothing better is known
+    stopping: Callable[[], bool] = lambda: False  # the download is stopping: stop waiting
 
 
 PieceRouter = Callable[[PieceRead], PieceSource]
