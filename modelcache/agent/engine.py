@@ -7,10 +7,11 @@ downloading only blobs the node does not have, and reports every step as an even
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -37,6 +38,7 @@ from modelcache.agent.events import (
     Warmed,
 )
 from modelcache.api import Manifest, ManifestFile
+from modelcache.fleet import InFlightBlob
 from modelcache.sources import (
     BlobRoute,
     Credentials,
@@ -327,8 +329,11 @@ class CacheEngine:
             if self.store.has_blob(sha256):
                 return 0
             received = _ByteCounter(progress.advance)
-            tally = self._download_blob(model, client, version, entry, received)
-            self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
+            with self._serving(entry) as serving:
+                tally = self._download_blob(
+                    model, client, version, entry, received=received, serving=serving
+                )
+                self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
         self.events.emit(
             FileFetched(
                 model=str(model),
@@ -350,15 +355,14 @@ class CacheEngine:
         client: ObjectClient,
         version: str,
         entry: ManifestFile,
+        *,
         received: _ByteCounter,
+        serving: InFlightBlob | None,
     ) -> PieceTally:
         """Fetch `entry`'s blob into its temp path, from the site's peers where the node has
         any (docs/fanout.md), else from L3; returns where its pieces came from."""
         dest = self.store.tmp_path(entry.sha256)
         router = self._router(model, version, entry)
-        serving = None
-        if self.fleet is not None and entry.pieces is not None:  # peers may take verified pieces
-            serving = self.fleet.inflight.begin(entry.sha256, dest, entry.size, entry.pieces.size)
 
         def verified(index: int) -> None:
             if serving is not None:
@@ -393,10 +397,21 @@ class CacheEngine:
                 verified=verified,
             )
             return PieceTally()
-        finally:
-            if serving is not None:
-                serving.end()
         return router.tally() if router is not None else PieceTally()
+
+    @contextlib.contextmanager
+    def _serving(self, entry: ManifestFile) -> Iterator[InFlightBlob | None]:
+        """While a blob with piece digests is pulled, its verified pieces are the site's to
+        take, until it is adopted into blobs/ (then served from there)."""
+        if self.fleet is None or entry.pieces is None:
+            yield None
+            return
+        dest = self.store.tmp_path(entry.sha256)
+        serving = self.fleet.inflight.begin(entry.sha256, dest, entry.size, entry.pieces.size)
+        try:
+            yield serving
+        finally:
+            serving.end()
 
     def _router(self, model: ModelRef, version: str, entry: ManifestFile) -> FanoutRouter | None:
         if self.fleet is None or not self.fleet.peers:

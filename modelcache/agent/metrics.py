@@ -108,32 +108,12 @@ class AgentMetrics:
 
     def observe(self, event: CacheEvent) -> None:
         """Event-log listener: turn cache events into metric updates."""
-        if isinstance(event, FileFetched | PeerBadPiece | PeerUnavailable):
-            self._observe_fanout(event)
+        if isinstance(
+            event, PullStarted | PullEnded | FileFetched | PeerBadPiece | PeerUnavailable
+        ):
+            self._observe_pull(event)
             return
         match event:
-            case PullStarted():
-                self._pulling.add((event.model, event.version))
-                self.pulls_in_progress.set(len(self._pulling))
-            case PullEnded():
-                self._pulling.discard((event.model, event.version))
-                self.pulls_in_progress.set(len(self._pulling))
-                from_l3 = event.bytes_downloaded - event.bytes_from_peers
-                self.source_bytes.labels(event.model, event.scheme).inc(from_l3)
-                self.source_seconds.labels(event.model, event.scheme).inc(event.seconds)
-                self.tier_requests.labels(event.model, "L2", "hit").inc(event.files_cached)
-                self.tier_requests.labels(event.model, "L2", "miss").inc(event.files_downloaded)
-            case FileFetched():
-                self.pulled_bytes.labels(event.model, "l3").inc(
-                    event.bytes - event.bytes_from_peers
-                )
-                self.pulled_bytes.labels(event.model, "peer").inc(event.bytes_from_peers)
-                self.piece_fetches.labels(event.model, "l3").inc(event.pieces_from_l3)
-                self.piece_fetches.labels(event.model, "peer").inc(event.pieces_from_peers)
-            case PeerBadPiece():
-                self.peer_bad_pieces.labels(event.peer).inc()
-            case PeerUnavailable():
-                self.peer_failures.labels(event.peer).inc()
             case AlreadyCached():
                 self.tier_requests.labels(event.model, "L2", "hit").inc(event.files)
             case VerifyFailed():
@@ -156,9 +136,22 @@ class AgentMetrics:
                     self._pulling.discard((event.model or "", event.version or ""))
                     self.pulls_in_progress.set(len(self._pulling))
 
-    def _observe_fanout(self, event: FileFetched | PeerBadPiece | PeerUnavailable) -> None:
-        """Where a file's bytes and pieces came from, and which peers failed."""
+    def _observe_pull(
+        self, event: PullStarted | PullEnded | FileFetched | PeerBadPiece | PeerUnavailable
+    ) -> None:
+        """Pulls in progress, where a file's bytes and pieces came from, which peers failed."""
         match event:
+            case PullStarted():
+                self._pulling.add((event.model, event.version))
+                self.pulls_in_progress.set(len(self._pulling))
+            case PullEnded():
+                self._pulling.discard((event.model, event.version))
+                self.pulls_in_progress.set(len(self._pulling))
+                from_l3 = event.bytes_downloaded - event.bytes_from_peers
+                self.source_bytes.labels(event.model, event.scheme).inc(from_l3)
+                self.source_seconds.labels(event.model, event.scheme).inc(event.seconds)
+                self.tier_requests.labels(event.model, "L2", "hit").inc(event.files_cached)
+                self.tier_requests.labels(event.model, "L2", "miss").inc(event.files_downloaded)
             case FileFetched():
                 model = event.model
                 self.pulled_bytes.labels(model, "l3").inc(event.bytes - event.bytes_from_peers)
