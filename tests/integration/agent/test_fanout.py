@@ -169,7 +169,7 @@ def test_a_new_version_crosses_the_line_once_and_a_joining_node_takes_nothing_fr
     assert from_peers >= 2 * (MODEL_BYTES - 900) - MANIFEST_ALLOWANCE
     for node in nodes:
         for entry in manifest.files:
-            held = site.root(node) / "models" / MODEL / "v1" / entry.path
+            held = site.root(node) / "models" / MODEL / "current" / entry.path
             assert held.stat().st_size == entry.size
 
     # A node joins the site: every byte from its neighbours, none from L3.
@@ -178,7 +178,8 @@ def test_a_new_version_crosses_the_line_once_and_a_joining_node_takes_nothing_fr
     wait_for(lambda: site.live("gpu-d") == "v1", "gpu-d to hold v1", timeout=120)
     joined = site.fetched("gpu-d")
     assert sum(e["pieces_from_l3"] for e in joined) == 0, joined
-    assert sum(e["bytes_from_peers"] for e in joined) == MODEL_BYTES - 900
+    # Every byte: the small file too, as a whole blob its neighbours hold verified.
+    assert sum(e["bytes_from_peers"] for e in joined) == MODEL_BYTES
     assert site.l3_bytes() - before_join <= MANIFEST_ALLOWANCE, "the joining node read from L3"
     verified = [e for e in site.events("gpu-d") if e["event"] == "L2_VERIFY_FAILED"]
     assert verified == []
@@ -207,7 +208,7 @@ def test_a_peer_serving_bad_bytes_is_caught_at_the_piece_and_avoided(
     assert [(e["peer"], e["file"], e["piece"]) for e in bad] == [
         ("gpu-a", "unet/weights.safetensors", 2)
     ]
-    held = site.root("gpu-b") / "models" / MODEL / "v1" / "unet/weights.safetensors"
+    held = site.root("gpu-b") / "models" / MODEL / "current" / "unet/weights.safetensors"
     source = site.tmp / "src" / "v1" / "unet/weights.safetensors"
     assert held.read_bytes() == source.read_bytes()
     # Only what gpu-a could not be trusted with came from L3: from piece 2 on, gpu-b
@@ -231,6 +232,6 @@ def test_a_peer_killed_mid_pull_is_replaced_and_the_pull_completes(
     for node in ["gpu-b", "gpu-c"]:
         wait_for(lambda n=node: site.live(n) == "v1", f"{node} to hold v1", timeout=180)
     for node in ["gpu-b", "gpu-c"]:
-        held = site.root(node) / "models" / MODEL / "v1" / "unet/weights.safetensors"
+        held = site.root(node) / "models" / MODEL / "current" / "unet/weights.safetensors"
         source = site.tmp / "src" / "v1" / "unet/weights.safetensors"
         assert held.read_bytes() == source.read_bytes(), site.output(node)
