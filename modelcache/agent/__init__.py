@@ -22,7 +22,7 @@ from modelcache.agent.config import (
     parse_config,
     read_config,
 )
-from modelcache.agent.daemon import run_kubernetes, run_standalone, stop_on_signals
+from modelcache.agent.daemon import PeerSettings, run_kubernetes, run_standalone, stop_on_signals
 from modelcache.agent.engine import CacheEngine, PullProgress, PullResult, VerifyReport
 from modelcache.agent.events import (
     AlreadyCached,
@@ -73,6 +73,7 @@ __all__ = [
     "ModelConfig",
     "ModelRemoved",
     "NodeReconciler",
+    "PeerSettings",
     "Pinned",
     "PullConfig",
     "PullEnded",

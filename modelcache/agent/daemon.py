@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
 from modelcache.agent.engine import CacheEngine
 from modelcache.agent.kube import KubeClient
 from modelcache.agent.kubeagent import KubeAgent
+from modelcache.agent.kubepeers import DEFAULT_SITE_LABEL, SitePeers, node_site
+from modelcache.agent.peering import Peering
 from modelcache.agent.process import AgentProcess, Verification
 from modelcache.agent.standalone import StandaloneAgent
-from modelcache.api import event_log_path
+from modelcache.api import PeerStatus, event_log_path
 from modelcache.sources import PullOptions
 from modelcache.store import Store
 
@@ -45,6 +48,23 @@ def run_standalone(config: Path, *, once: bool = False) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class PeerSettings:
+    """Fan-out in Kubernetes mode (docs/fanout.md): the token file the chart mounts, the
+    address and port this agent serves its site's peers on, the node label naming sites."""
+
+    token_file: Path
+    address: str
+    port: int = 9471
+    site_label: str = DEFAULT_SITE_LABEL
+    origin_streams: int = 4
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"http://{host}:{self.port}"
+
+
 def run_kubernetes(
     node: str,
     root: Path,
@@ -55,6 +75,7 @@ def run_kubernetes(
     status_interval: float = 0.5,
     options: PullOptions | None = None,
     verify: Verification | None = None,
+    peers: PeerSettings | None = None,
 ) -> None:
     """The agent of NodeCache `node`, its cache at `root`, until a signal stops it."""
     # In-cluster when no kubeconfig is given and KUBERNETES_SERVICE_HOST is set. Not the
@@ -67,10 +88,30 @@ def run_kubernetes(
         metrics_host=metrics_host,
         verify=verify,
     )
-    engine = CacheEngine(Store(root), process.events, options=options)
-    agent = KubeAgent(api, node, engine, status_interval=status_interval, metrics=process.metrics)
+    store = Store(root)
+    peering, fleet, peer = None, None, None
+    if peers is not None:
+        peering = Peering(
+            node,
+            peers.token_file,
+            lambda: store,
+            process.metrics.registry,
+            port=peers.port,
+            origin_streams=peers.origin_streams,
+        )
+        site = node_site(api, node, peers.site_label)
+        fleet = peering.fleet(SitePeers(api, node, site).members)
+        peer = PeerStatus(url=peers.url, site=site)
+    engine = CacheEngine(store, process.events, options=options, fleet=fleet)
+    agent = KubeAgent(
+        api, node, engine, status_interval=status_interval, metrics=process.metrics, peer=peer
+    )
     stop_on_signals(agent.request_stop)
     try:
+        if peering is not None:
+            peering.start()
         process.run(agent.run, stop=agent.stop, engine=lambda: agent.engine)
     finally:
+        if peering is not None:
+            peering.stop()
         api.close()

@@ -414,14 +414,13 @@ class CacheEngine:
             serving.end()
 
     def _router(self, model: ModelRef, version: str, entry: ManifestFile) -> FanoutRouter | None:
-        if self.fleet is None or not self.fleet.peers:
+        if self.fleet is None:
             return None
-        route = BlobRoute(
-            self.fleet,
-            entry.sha256,
-            entry.piece_count(),
-            _PeerEvents(self.events, model, version, entry),
-        )
+        peers = self.fleet.members(str(model), version)
+        if not peers:
+            return None
+        report = _PeerEvents(self.events, model, version, entry)
+        route = BlobRoute(self.fleet, peers, entry.sha256, entry.piece_count(), report)
         return FanoutRouter(route, entry)
 
     def _fetch_into(

@@ -23,7 +23,7 @@ from modelcache.agent.kube import ApiError, KubeClient, core_path
 from modelcache.agent.kubewatch import NodeCacheWatcher, StatusReporter
 from modelcache.agent.metrics import AgentMetrics
 from modelcache.agent.reconciler import DesiredModel, NodeReconciler, ReloadEndpoint
-from modelcache.api import DiskStatus, NodeCacheStatus, NodeModel
+from modelcache.api import DiskStatus, NodeCacheStatus, NodeModel, PeerStatus
 from modelcache.sources import Credentials
 from modelcache.store import ModelRef
 
@@ -49,8 +49,10 @@ class KubeAgent:
         resync_seconds: float = 30.0,
         status_interval: float = 0.5,
         metrics: AgentMetrics | None = None,
+        peer: PeerStatus | None = None,
     ) -> None:
         self.metrics = metrics
+        self.peer = peer  # where this node serves its site's peers, in its status
         self.api = api
         self.node = node
         self.engine = engine
@@ -186,6 +188,7 @@ class KubeAgent:
                 free_bytes=usage.free_bytes,
                 blob_bytes=usage.blob_bytes,
             ),
+            peer=self.peer,
             updated_at=_now(),
         )
         return status.to_wire()

@@ -41,6 +41,8 @@ class Peering:
         self._store = store
         self.origin_streams = threading.Semaphore(origin_streams)
         self.options = options or FanoutOptions()
+        self._clients: dict[tuple[str, str], PeerClient] = {}
+        self._lock = threading.Lock()
         self.server = PeerServer(
             node=node,
             tokens=self.tokens,
@@ -61,15 +63,26 @@ class Peering:
     def port(self) -> int:
         return self.server.server_port
 
-    def fleet(self, peers: Mapping[str, str]) -> Fleet:
-        """The site as a pull sees it: `peers` maps the other nodes' names to their URLs
-        (this node's own name, if listed, is left out)."""
-        clients = {
-            name: PeerClient(name, url, self.tokens.current)
-            for name, url in sorted(peers.items())
-            if name != self.node
-        }
+    def fleet(self, members: Callable[[str, str], Mapping[str, str]]) -> Fleet:
+        """The site as a pull sees it: `members(model, version)` maps the names of the nodes
+        that want (or hold) that version to their peer URLs (this node, if named, is left
+        out). One client per node and URL, kept: its connections are reused."""
+
+        def clients(model: str, version: str) -> dict[str, PeerClient]:
+            return {
+                name: self._client(name, url)
+                for name, url in sorted(members(model, version).items())
+                if name != self.node
+            }
+
         return Fleet(self.node, clients, self.inflight, self.origin_streams, self.options)
+
+    def _client(self, name: str, url: str) -> PeerClient:
+        with self._lock:
+            client = self._clients.get((name, url))
+            if client is None:
+                client = self._clients[(name, url)] = PeerClient(name, url, self.tokens.current)
+            return client
 
     def start(self) -> None:
         self.server.start()

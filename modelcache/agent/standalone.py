@@ -96,7 +96,8 @@ class StandaloneAgent:
         )
         fleet = None
         if self.peering is not None and config.peers is not None:
-            fleet = self.peering.fleet({node.name: node.url for node in config.peers.nodes})
+            listed = {node.name: node.url for node in config.peers.nodes}
+            fleet = self.peering.fleet(lambda model, version: listed)
         return CacheEngine(store, self.events, options=options, fleet=fleet)
 
     def _peering(self, config: AgentConfig) -> Peering | None:

@@ -62,6 +62,7 @@ from modelcache.api.nodecache import (
     NodeCacheStatus,
     NodeModel,
     NodeModelStatus,
+    PeerStatus,
     PodReload,
     VersionState,
 )
@@ -105,6 +106,7 @@ __all__ = [
     "NodeFailure",
     "NodeModel",
     "NodeModelStatus",
+    "PeerStatus",
     "Phase",
     "PodReload",
     "Reload",

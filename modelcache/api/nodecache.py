@@ -74,8 +74,17 @@ class DiskStatus(CRDModel):
     blob_bytes: int = 0
 
 
+class PeerStatus(CRDModel):
+    """Where this node's agent serves its peers, and its site (docs/fanout.md): the site's
+    other agents take verified pieces from `url`."""
+
+    url: Annotated[str, Field(max_length=256)]
+    site: Annotated[str, Field(max_length=63)] = ""
+
+
 class NodeCacheStatus(CRDModel):
     observed_generation: int | None = None
     models: list[NodeModelStatus] = Field(default_factory=list)
     disk: DiskStatus | None = None
+    peer: PeerStatus | None = None
     updated_at: dt.datetime | None = None

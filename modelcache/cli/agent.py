@@ -55,6 +55,28 @@ def agent(
     verify_interval: Annotated[
         float, typer.Option("--verify-interval", help="Kubernetes mode: seconds per full pass.")
     ] = 24 * 3600,
+    peer_token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--peer-token-file",
+            help="Kubernetes mode: fan-out on (docs/fanout.md); peers present this token.",
+        ),
+    ] = None,
+    peer_address: Annotated[
+        str | None,
+        typer.Option(
+            "--peer-address",
+            envvar="POD_IP",
+            help="Kubernetes mode: this agent's address for peers.",
+        ),
+    ] = None,
+    peer_port: Annotated[int, typer.Option("--peer-port", help="Kubernetes mode.")] = 9471,
+    site_label: Annotated[
+        str, typer.Option("--site-label", help="Kubernetes mode: the node label naming its site.")
+    ] = "topology.kubernetes.io/zone",
+    origin_streams: Annotated[
+        int, typer.Option("--origin-streams", min=1, help="Kubernetes mode: L3 reads at once.")
+    ] = 4,
 ) -> None:
     """Hold the models this node must hold: pull, verify, flip, call reloads, export metrics.
 
@@ -72,8 +94,19 @@ def agent(
     assert node is not None
     options = pull_options(concurrency, part_size, max_rate)
     verify_budget = parse_size(verify_rate, "--verify-rate")
-    from modelcache.agent import Verification, run_kubernetes  # noqa: PLC0415
+    from modelcache.agent import PeerSettings, Verification, run_kubernetes  # noqa: PLC0415
 
+    peers = None
+    if peer_token_file is not None:
+        if not peer_address:
+            raise typer.BadParameter("--peer-token-file needs --peer-address (or POD_IP)")
+        peers = PeerSettings(
+            token_file=peer_token_file,
+            address=peer_address,
+            port=peer_port,
+            site_label=site_label,
+            origin_streams=origin_streams,
+        )
     run_kubernetes(
         node,
         cache,
@@ -83,6 +116,7 @@ def agent(
         status_interval=status_interval,
         options=options,
         verify=Verification(verify_budget, verify_interval) if verify_budget > 0 else None,
+        peers=peers,
     )
 
 

@@ -49,14 +49,18 @@ class FanoutOptions:
     poll_interval: float = 0.25
 
 
+Members = Callable[[str, str], Mapping[str, PeerClient]]
+"""(model, version) -> the clients of the site's other nodes that want that version or hold
+it, by node name: the nodes a piece's rendezvous order ranks, with this one."""
+
+
 @dataclass
 class Fleet:
-    """A node's site, as a pull sees it: its own name, its peers' clients (the site's other
-    nodes that want the version), the registry of what it serves while pulling, and the cap
-    of its concurrent L3 streams."""
+    """A node's site, as a pull sees it: its own name, who its peers are for a version, the
+    registry of what it serves while pulling, and the cap of its concurrent L3 streams."""
 
     me: str
-    peers: Mapping[str, PeerClient]
+    members: Members
     inflight: InFlight
     origin_streams: threading.Semaphore
     options: FanoutOptions = FanoutOptions()
@@ -86,6 +90,7 @@ class BlobRoute:
     def __init__(
         self,
         fleet: Fleet,
+        peers: Mapping[str, PeerClient],
         sha256: str,
         pieces: int,
         report: PeerReport | None = None,
@@ -93,6 +98,7 @@ class BlobRoute:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.fleet = fleet
+        self.peers = {name: client for name, client in peers.items() if name != fleet.me}
         self.sha256 = sha256
         self.pieces = pieces
         self.report = report or PeerReport()
@@ -106,7 +112,7 @@ class BlobRoute:
 
     def _probe_holders(self) -> frozenset[str]:
         """The peers that hold the whole blob already: asked at once, each bounded in time."""
-        peers = dict(self.fleet.peers)
+        peers = self.peers
         if not peers:
             return frozenset()
 
@@ -122,7 +128,7 @@ class BlobRoute:
 
     @property
     def nodes(self) -> list[str]:
-        return [self.fleet.me, *self.fleet.peers]
+        return [self.fleet.me, *self.peers]
 
     def ranked(self, index: int) -> list[str]:
         return rank(self.nodes, piece_key(self.sha256, index))
@@ -281,7 +287,7 @@ class FanoutRouter:
         return None
 
     def open(self, peer: str, piece: Piece) -> Body:
-        client = self.route.fleet.peers[peer]
+        client = self.route.peers[peer]
         if piece.sha256 is None or self.entry.pieces is None:
             return client.blob(self.sha256, piece.start, piece.length)
         return client.piece(self.sha256, piece.index, self.entry.pieces.size, length=piece.length)

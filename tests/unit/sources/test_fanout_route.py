@@ -39,15 +39,21 @@ class Told(PeerReport):
         self.unavailable_peers.append(peer)
 
 
+def clients(me: str, nodes: list[str]) -> dict[str, PeerClient]:
+    return {n: PeerClient(n, "http://127.0.0.1:1", "t" * 43) for n in nodes if n != me}
+
+
 def fleet(me: str, nodes: list[str], options: FanoutOptions | None = None) -> Fleet:
-    peers = {n: PeerClient(n, "http://127.0.0.1:1", "t" * 43) for n in nodes if n != me}
-    return Fleet(me, peers, InFlight(), threading.Semaphore(4), options or FanoutOptions())
+    peers = clients(me, nodes)
+    return Fleet(
+        me, lambda m, v: peers, InFlight(), threading.Semaphore(4), options or FanoutOptions()
+    )
 
 
 def route(me: str, pieces: int = 64, **kwargs: object) -> tuple[BlobRoute, Clock, Told]:
     clock, told = Clock(), Told()
     options = FanoutOptions(**kwargs)  # type: ignore[arg-type]
-    made = BlobRoute(fleet(me, NODES, options), SHA, pieces, told, clock=clock)
+    made = BlobRoute(fleet(me, NODES, options), clients(me, NODES), SHA, pieces, told, clock=clock)
     return made, clock, told
 
 
@@ -117,7 +123,7 @@ def test_a_bad_piece_is_reported_and_its_peer_avoided_for_the_blob() -> None:
 def test_every_node_agrees_on_the_assignee_of_a_piece(nodes: list[str], index: int) -> None:
     assignees = set()
     for me in nodes:
-        r = BlobRoute(fleet(me, list(reversed(nodes))), SHA, index + 1)
+        r = BlobRoute(fleet(me, nodes), clients(me, list(reversed(nodes))), SHA, index + 1)
         if r.candidates(index) == [ORIGIN]:
             assignees.add(me)
     assert len(assignees) == 1
