@@ -341,6 +341,7 @@ class CacheEngine:
                 file=entry.path,
                 bytes=entry.size,
                 sha256=sha256,
+                bytes_from_l3=max(0, received.total - tally.bytes_from_peers),
                 bytes_from_peers=tally.bytes_from_peers,
                 pieces_from_l3=tally.pieces_from_l3,
                 pieces_from_peers=tally.pieces_from_peers,

@@ -53,6 +53,7 @@ class FileFetched(ModelEvent):
     file: str
     bytes: int
     sha256: str
+    bytes_from_l3: int = 0  # received this time (a resumed file's earlier bytes are not)
     bytes_from_peers: int = 0
     pieces_from_l3: int = 0
     pieces_from_peers: int = 0

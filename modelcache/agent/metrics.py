@@ -39,7 +39,7 @@ class AgentMetrics:
         )
         self.pulled_bytes = Counter(
             "modelcache_pulled_bytes",
-            "Bytes of verified blobs pulled, by where they came from: l3 or a peer of the site.",
+            "Bytes received for blobs pulled, by where they came from: l3 or a peer of the site.",
             ["model", "source"],
             registry=r,
         )
@@ -154,7 +154,7 @@ class AgentMetrics:
                 self.tier_requests.labels(event.model, "L2", "miss").inc(event.files_downloaded)
             case FileFetched():
                 model = event.model
-                self.pulled_bytes.labels(model, "l3").inc(event.bytes - event.bytes_from_peers)
+                self.pulled_bytes.labels(model, "l3").inc(event.bytes_from_l3)
                 self.pulled_bytes.labels(model, "peer").inc(event.bytes_from_peers)
                 self.piece_fetches.labels(model, "l3").inc(event.pieces_from_l3)
                 self.piece_fetches.labels(model, "peer").inc(event.pieces_from_peers)

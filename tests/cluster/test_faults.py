@@ -218,20 +218,23 @@ def test_an_agent_pod_deleted_mid_pull_is_replaced_and_resumes(
     )
     assert replacement.metadata.name != agent
     assert same_tree(model, version_dir), "the resumed pull verified and complete"
-    downloaded = source_bytes(cluster_api, replacement, f"{models.namespace}/resume")
+    # From L3 or from the other node (fan-out): less than the whole either way.
+    received = pulled_bytes(cluster_api, replacement, f"{models.namespace}/resume")
+    downloaded = received["l3"] + received["peer"]
     assert 0 < downloaded < SIZE, f"the replacement resumed ({downloaded} of {SIZE} bytes)"
     models.delete("resume")
 
 
-def source_bytes(api: client.ApiClient, agent: Any, model: str) -> float:
-    """What the agent pod's own /metrics says it pulled from L3 for `model`."""
+def pulled_bytes(api: client.ApiClient, agent: Any, model: str) -> dict[str, float]:
+    """What the agent pod's own /metrics says it received for `model`, by source: `l3`
+    (the object store) and `peer` (the other nodes, fan-out)."""
     text = pod_http(api, agent, 9400, "metrics")
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "modelcache_source_bytes_total" and sample.labels.get("model") == model
-    )
+    received = {"l3": 0.0, "peer": 0.0}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "modelcache_pulled_bytes_total" and sample.labels["model"] == model:
+                received[sample.labels["source"]] += sample.value
+    return received
 
 
 def node_ready(api: client.ApiClient, name: str) -> bool:
@@ -310,5 +313,8 @@ def test_a_node_that_joins_gets_the_live_version(
         )
         if p.spec.node_name == joined.name
     )
-    assert source_bytes(cluster_api, agent, f"{models.namespace}/join") >= SIZE
+    # Fan-out: every byte from the nodes that hold v2, none from L3 (issue 16).
+    received = pulled_bytes(cluster_api, agent, f"{models.namespace}/join")
+    assert received["l3"] == 0, received
+    assert received["peer"] >= SIZE, received
     models.delete("join")

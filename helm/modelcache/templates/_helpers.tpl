@@ -29,3 +29,8 @@ app.kubernetes.io/component: operator
 {{- $_ := set $chart "app.kubernetes.io/component" .component -}}
 {{- toYaml (merge (deepCopy (.extra | default dict)) $chart) -}}
 {{- end -}}
+
+{{/* The Secret holding the agents' peer token (docs/fanout.md). */}}
+{{- define "modelcache.peerSecret" -}}
+{{- .Values.agent.peers.existingSecret | default (printf "%s-peer-token" .Release.Name) -}}
+{{- end -}}

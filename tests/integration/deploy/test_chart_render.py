@@ -5,6 +5,7 @@ and port, the rules the PodMonitor's job, Grafana's sidecar the dashboard's labe
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import uuid
@@ -208,8 +209,12 @@ def test_the_network_policy_admits_only_the_scraper_to_the_metrics_port(helm: He
     policy = one(objects, "NetworkPolicy")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= agent_pod_labels(objects).items()
     assert policy["policyTypes"] == ["Ingress"], "egress (API server, L3, reloads) untouched"
-    [rule] = policy["ingress"]
+    rule, peers = policy["ingress"]
     assert rule["ports"] == [{"protocol": "TCP", "port": 9400}]
+    assert peers == {
+        "from": [{"podSelector": {"matchLabels": policy["podSelector"]["matchLabels"]}}],
+        "ports": [{"protocol": "TCP", "port": 9471}],
+    }, "the peer port: the release's own agents only"
     assert rule["from"] == [
         {
             "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
@@ -224,6 +229,7 @@ def test_the_network_policy_admits_only_the_scraper_to_the_metrics_port(helm: He
         "--set=networkPolicy.enabled=true",
         "--set=agent.metricsPort=9500",
         "--set-json=networkPolicy.metricsFrom=" + json.dumps(scraper),
+        "--set=agent.peers.enabled=false",
     )
     [rule] = one(objects, "NetworkPolicy")["spec"]["ingress"]
     assert rule == {"from": scraper, "ports": [{"protocol": "TCP", "port": 9500}]}, (
@@ -294,3 +300,41 @@ def test_the_docs_network_policy_for_the_reload_port_is_accepted(
     for policy in policies:
         policy["metadata"]["namespace"] = namespace
     helm.dry_run(namespace, policies, tmp_path)
+
+
+def test_fan_out_is_on_with_a_generated_token_mounted_into_every_agent(helm: Helm) -> None:
+    objects = helm.template("mc", "modelcache-system")
+    [secret] = [o for o in by_kind(objects, "Secret") if o["metadata"]["name"] == "mc-peer-token"]
+    token = base64.b64decode(secret["data"]["token"]).decode()
+    assert len(token) == 48
+    assert token.isalnum()
+    again = helm.template("mc", "modelcache-system")
+    [other] = [o for o in by_kind(again, "Secret") if o["metadata"]["name"] == "mc-peer-token"]
+    assert other["data"]["token"] != secret["data"]["token"], "random per render (no cluster)"
+
+    pod = one(objects, "DaemonSet")["spec"]["template"]["spec"]
+    agent = pod["containers"][0]
+    assert "--peer-token-file=/etc/modelcache/peer/token" in agent["args"]
+    assert "--site-label=topology.kubernetes.io/zone" in agent["args"]
+    assert {"name": "peers", "containerPort": 9471} in agent["ports"]
+    assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in agent[
+        "env"
+    ]
+    mount = next(m for m in agent["volumeMounts"] if m["name"] == "peer-token")
+    assert mount == {"name": "peer-token", "mountPath": "/etc/modelcache/peer", "readOnly": True}
+    volume = next(v for v in pod["volumes"] if v["name"] == "peer-token")
+    assert volume["secret"] == {"secretName": "mc-peer-token", "defaultMode": 0o400}
+
+    kept = helm.template("mc", "modelcache-system", "--set=agent.peers.existingSecret=fleet-token")
+    assert not [o for o in by_kind(kept, "Secret") if o["metadata"]["name"] == "mc-peer-token"]
+    volume = next(
+        v
+        for v in one(kept, "DaemonSet")["spec"]["template"]["spec"]["volumes"]
+        if v["name"] == "peer-token"
+    )
+    assert volume["secret"]["secretName"] == "fleet-token"
+
+    off = helm.template("mc", "modelcache-system", "--set=agent.peers.enabled=false")
+    agent = one(off, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert not [a for a in agent["args"] if a.startswith("--peer")]
+    assert not [o for o in by_kind(off, "Secret") if o["metadata"]["name"] == "mc-peer-token"]
