@@ -66,6 +66,9 @@ class PullProgress(Protocol):
 
     def start(self, model: str, version: str, total_bytes: int, files: int) -> None: ...
     def advance(self, nbytes: int) -> None: ...
+    def from_peers(self, nbytes: int) -> None:
+        """Of the bytes advanced, `nbytes` came from the site's peers (fan-out)."""
+
     def finish(self) -> None: ...
 
 
@@ -74,6 +77,9 @@ class _NoProgress:
         pass
 
     def advance(self, nbytes: int) -> None:
+        pass
+
+    def from_peers(self, nbytes: int) -> None:
         pass
 
     def finish(self) -> None:
@@ -334,6 +340,7 @@ class CacheEngine:
                     model, client, version, entry, received=received, serving=serving
                 )
                 self.store.adopt_blob(self.store.tmp_path(sha256), sha256)
+        progress.from_peers(tally.bytes_from_peers)
         self.events.emit(
             FileFetched(
                 model=str(model),

@@ -118,6 +118,7 @@ class PullInFlight:
 
     total: int = 0
     done: int = 0
+    from_peers: int = 0
     started: float = field(default_factory=time.monotonic)
 
     @property
@@ -365,13 +366,16 @@ class NodeReconciler:
             error,
         )
 
-    def _progress(self, key: tuple[str, str], *, total: int | None = None, done: int = 0) -> None:
+    def _progress(
+        self, key: tuple[str, str], *, total: int | None = None, done: int = 0, peers: int = 0
+    ) -> None:
         with self._lock:
             pull = self._pulls.get(key)
             if pull is not None:
                 if total is not None:
                     pull.total = total
                 pull.done += done
+                pull.from_peers += peers
         self.on_change()
 
     # -- retention and collection ---------------------------------------------------------------
@@ -421,7 +425,11 @@ class NodeReconciler:
                     rate = pull.bytes_per_second
                     held.append(
                         HeldVersion(
-                            version=version, state="Pulling", bytes=pull.total, bytes_done=pull.done
+                            version=version,
+                            state="Pulling",
+                            bytes=pull.total,
+                            bytes_done=pull.done,
+                            bytes_from_peers=pull.from_peers,
                         )
                     )
                 elif failure is not None:
@@ -464,6 +472,9 @@ class _Progress:
 
     def advance(self, nbytes: int) -> None:
         self.reconciler._progress(self.key, done=nbytes)
+
+    def from_peers(self, nbytes: int) -> None:
+        self.reconciler._progress(self.key, peers=nbytes)
 
     def finish(self) -> None:
         self.reconciler.on_change()

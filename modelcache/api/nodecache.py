@@ -43,6 +43,9 @@ class HeldVersion(CRDModel):
     state: VersionState
     bytes: Annotated[int, Field(ge=0)] = 0
     bytes_done: Annotated[int, Field(ge=0)] = 0
+    # Of the files done so far, the bytes that came from the site's peers rather than
+    # L3 (fan-out, docs/fanout.md): where this pull gets its bytes.
+    bytes_from_peers: Annotated[int, Field(ge=0)] = 0
     message: str | None = None
 
 

@@ -112,6 +112,9 @@ class TransferProgress:
             flush=True,
         )
 
+    def from_peers(self, nbytes: int) -> None:
+        """Fan-out's share: the CLI pulls from L3 alone (only agents have peers)."""
+
     def finish(self) -> None:
         if self._rich is not None:
             self._rich.stop()
