@@ -28,6 +28,9 @@ DEFAULT_SITE_LABEL = "topology.kubernetes.io/zone"
 REFRESH_SECONDS = 10.0
 """How stale the list of peers may be: one list of NodeCaches per agent per this many
 seconds at most, however many files a pull has (500 nodes: 50 lists a second at most)."""
+UNKNOWN_REFRESH_SECONDS = 1.0
+"""...unless a version has no peer in the last list: a rollout's NodeCaches are written
+within moments of each other, so the list is asked again after this long."""
 
 
 @dataclass(frozen=True)
