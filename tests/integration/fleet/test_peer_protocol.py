@@ -26,6 +26,7 @@ from modelcache.fleet import (
     bearer,
 )
 from tests.integration.fleet.conftest import MIB, PIECE, Peer, blob_path, rotate
+from tests.waiting import wait_for
 
 SOME = "0" * 64  # a digest nobody holds
 
@@ -62,7 +63,10 @@ def test_a_blob_whole_and_by_ranges(peer: Peer) -> None:
     assert suffix.headers["Content-Range"] == f"bytes {len(data) - 7}-{len(data) - 1}/{len(data)}"
     assert suffix.headers[NODE_HEADER] == "node-a"
     assert peer.metric("modelcache_peer_requests_total", result="served") == 5
-    assert peer.metric("modelcache_peer_upload_bytes_total") == len(data) + 70000 + 10 + 1 + 7
+    # A body is counted once the server has sent it, which may be just after the client
+    # has read it.
+    sent = len(data) + 70000 + 10 + 1 + 7
+    wait_for(lambda: peer.metric("modelcache_peer_upload_bytes_total") == sent, "the count")
 
 
 def test_a_range_past_the_end_is_a_416_and_a_bad_one_a_400(peer: Peer) -> None:
