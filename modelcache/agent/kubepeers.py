@@ -107,25 +107,33 @@ class SitePeers:
         self._listed_at: float | None = None
 
     def members(self, model: str, version: str) -> dict[str, str]:
-        peers = self._current()
+        found = self._wanting(self._current(self.refresh), model, version)
+        if not found:  # perhaps written since the last list: ask again, at most every second
+            found = self._wanting(self._current(UNKNOWN_REFRESH_SECONDS), model, version)
+        return found
+
+    @staticmethod
+    def _wanting(peers: dict[str, SitePeer], model: str, version: str) -> dict[str, str]:
         return {
             name: peer.url
             for name, peer in sorted(peers.items())
             if (model, version) in peer.versions
         }
 
-    def _current(self) -> dict[str, SitePeer]:
+    def _current(self, max_age: float) -> dict[str, SitePeer]:
+        """The peers as last listed, listed again when older than `max_age`. One list at a
+        time: pulls that start together (a version and its rollback target) wait for the
+        list in flight instead of taking the empty one from before it."""
         with self._lock:
-            due = self._listed_at is None or self._clock() - self._listed_at >= self.refresh
-            if not due:
+            fresh = self._listed_at is not None and self._clock() - self._listed_at < max_age
+            if fresh:
                 return self._peers
-            self._listed_at = self._clock()
-        try:
-            listed = self.api.list(custom_objects_path(GROUP, VERSION, NODE_CACHES))
-        except (ApiError, HTTPError, OSError) as error:  # none now: the last list, or L3
-            log.warning("cannot list NodeCaches for peers: %s", error)
+            try:
+                listed = self.api.list(custom_objects_path(GROUP, VERSION, NODE_CACHES))
+            except (ApiError, HTTPError, OSError) as error:  # none now: the last list, or L3
+                log.warning("cannot list NodeCaches for peers: %s", error)
+                return self._peers
+            finally:
+                self._listed_at = self._clock()
+            self._peers = parse_peers(listed.get("items") or [], self.node, self.site)
             return self._peers
-        peers = parse_peers(listed.get("items") or [], self.node, self.site)
-        with self._lock:
-            self._peers = peers
-        return peers
