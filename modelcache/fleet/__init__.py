@@ -21,7 +21,6 @@ from modelcache.fleet.auth import (
 )
 from modelcache.fleet.client import (
     Body,
-    PeerBusy,
     PeerClient,
     PeerError,
     PeerMisbehaved,
@@ -63,7 +62,6 @@ __all__ = [
     "InFlight",
     "InFlightBlob",
     "PeerBounds",
-    "PeerBusy",
     "PeerClient",
     "PeerError",
     "PeerMisbehaved",

@@ -52,11 +52,6 @@ class PeerUnreachable(PeerError):  # noqa: N818 - the contract's names
     """No answer in time: connection refused or reset, a timeout, too slow, or a 5xx."""
 
 
-class PeerBusy(PeerUnreachable):
-    """The peer is sending as many bodies as it may (`max_uploads`): ask again shortly.
-    Not a failure of the peer: at 20 nodes, every piece's first node is asked by 19."""
-
-
 class PeerRefused(PeerError):  # noqa: N818 - the contract's names
     """401 or 403: the peer does not take our credential (a rotation not seen by one side)."""
 
@@ -256,8 +251,6 @@ class PeerClient:
         reason = _reason(response)
         node = response.headers.get(NODE_HEADER, self.name)[:80]
         said = f"peer {self.name} ({node}) answered {status} for {what}: {reason}"
-        if status == 503 and response.headers.get(PIECE_HEADER) == "busy":
-            return PeerBusy(said)
         if status == 503 and response.headers.get(PIECE_HEADER) == "pending":
             count = response.headers.get(VERIFIED_HEADER, "")
             verified = int(count) if count.isascii() and count.isdigit() and len(count) < 10 else -1

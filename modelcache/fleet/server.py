@@ -229,7 +229,7 @@ class _PeerHandler(BoundedHandler):
         if not self.server.take_upload():
             os.close(fd)
             reason = f"{self.server.bounds.max_uploads} uploads at once already: retry soon"
-            self._refuse(503, "refused", reason, {"Retry-After": "1", PIECE_HEADER: "busy"})
+            self._refuse(503, "refused", reason, {"Retry-After": "1"})
             return
         region = FileRegion(fd, offset, length, on_close=self.server.upload_done)
         self.server.count("served")

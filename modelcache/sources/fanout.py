@@ -12,7 +12,6 @@ costs a detour, never a wrong byte (docs/fanout.md).
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -23,7 +22,6 @@ from modelcache.api.manifest import ManifestFile
 from modelcache.fleet import (
     Body,
     InFlight,
-    PeerBusy,
     PeerClient,
     PeerError,
     PieceAbsent,
@@ -158,11 +156,6 @@ class BlobRoute:
 
     # -- what a peer's answers mean for the rest of the blob ------------------------------
 
-    def served(self, peer: str) -> None:
-        """`peer` answered with a piece: whatever it kept pending before, it is moving."""
-        with self._lock:
-            self._waiting.pop(peer, None)
-
     def avoid(self, peer: str, reason: str) -> None:
         with self._lock:
             if peer in self._avoided:
@@ -283,21 +276,14 @@ class FanoutRouter:
         polls = self.route.polls()
         while not read.stopping():
             try:
-                body = self.open(peer, read.piece)
+                return self.open(peer, read.piece)
             except (PiecePending, PieceAbsent) as answer:
                 if not self.route.keep_waiting(peer, answer):
                     return None
                 time.sleep(next(polls))
-            except PeerBusy:  # serving others: soon free (a piece takes milliseconds on a LAN)
-                if not self.route.keep_waiting(peer, PiecePending("busy")):
-                    return None
-                time.sleep(random.uniform(0.02, 0.2))  # noqa: S311 - spreads the retries
             except (PeerError, TokenError) as error:
                 self.route.avoid(peer, str(error))
                 return None
-            else:
-                self.route.served(peer)
-                return body
         return None
 
     def open(self, peer: str, piece: Piece) -> Body:

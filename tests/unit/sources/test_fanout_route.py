@@ -127,19 +127,3 @@ def test_every_node_agrees_on_the_assignee_of_a_piece(nodes: list[str], index: i
         if r.candidates(index) == [ORIGIN]:
             assignees.add(me)
     assert len(assignees) == 1
-
-
-def test_a_peer_that_serves_pieces_is_not_stalled_by_its_old_pending_answers() -> None:
-    """At 20 nodes a piece's first node is asked by 19 at once and answers most of them
-    "busy": that is waiting, not a stall, as long as it keeps serving pieces."""
-    r, clock, told = route("gpu-f", stall_timeout=30.0)
-    assert r.keep_waiting("gpu-a", PiecePending("pending", verified=3))
-    clock.now += 40.0  # it served piece after piece meanwhile
-    r.served("gpu-a")
-    assert r.keep_waiting("gpu-a", PiecePending("busy"))
-    clock.now += 29.0
-    assert r.keep_waiting("gpu-a", PiecePending("busy"))
-    assert told.unavailable_peers == []
-    clock.now += 2.0  # busy, and nothing served, for over 30 s: stuck after all
-    assert not r.keep_waiting("gpu-a", PiecePending("busy"))
-    assert told.unavailable_peers == ["gpu-a"]
