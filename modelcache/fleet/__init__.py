@@ -21,6 +21,7 @@ from modelcache.fleet.auth import (
 )
 from modelcache.fleet.client import (
     Body,
+    PeerBusy,
     PeerClient,
     PeerError,
     PeerMisbehaved,
@@ -62,6 +63,7 @@ __all__ = [
     "InFlight",
     "InFlightBlob",
     "PeerBounds",
+    "PeerBusy",
     "PeerClient",
     "PeerError",
     "PeerMisbehaved",

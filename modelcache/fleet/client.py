@@ -48,6 +48,11 @@ class PieceAbsent(PeerError):  # noqa: N818 - the contract's names
     """The peer holds neither the blob nor (for a piece) a verified piece of it."""
 
 
+class PeerBusy(PeerError):  # noqa: N818 - the contract's names
+    """503 with `Retry-After` and no pending piece: the peer is at its cap of uploads at
+    once, serving others. It is alive and holds what it holds: ask again soon."""
+
+
 class PeerUnreachable(PeerError):  # noqa: N818 - the contract's names
     """No answer in time: connection refused or reset, a timeout, too slow, or a 5xx."""
 
@@ -255,6 +260,8 @@ class PeerClient:
             count = response.headers.get(VERIFIED_HEADER, "")
             verified = int(count) if count.isascii() and count.isdigit() and len(count) < 10 else -1
             return PiecePending(said, verified)
+        if status == 503 and "Retry-After" in response.headers:
+            return PeerBusy(said)
         if status == 404:
             return PieceAbsent(said)
         if status in (401, 403):

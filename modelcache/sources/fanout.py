@@ -22,6 +22,7 @@ from modelcache.api.manifest import ManifestFile
 from modelcache.fleet import (
     Body,
     InFlight,
+    PeerBusy,
     PeerClient,
     PeerError,
     PieceAbsent,
@@ -272,11 +273,20 @@ class FanoutRouter:
     def _ask(self, peer: str, read: PieceRead) -> Body | None:
         """The peer's answer for the piece, opened; None when it is not to be had there:
         asked again while the peer is fetching it (or may begin to), within the route's
-        patience."""
+        patience. A peer at its upload cap is asked again too, for at most `stall_timeout`:
+        it is serving the site, so it is never avoided for that (when a piece is new, every
+        node below its first asks the first at once, far beyond its `max_uploads`)."""
         polls = self.route.polls()
+        busy_since: float | None = None
         while not read.stopping():
             try:
                 return self.open(peer, read.piece)
+            except PeerBusy:
+                now = time.monotonic()
+                busy_since = now if busy_since is None else busy_since
+                if now - busy_since > self.route.fleet.options.stall_timeout:
+                    return None  # this piece elsewhere; the peer stays a candidate
+                time.sleep(next(polls))
             except (PiecePending, PieceAbsent) as answer:
                 if not self.route.keep_waiting(peer, answer):
                     return None
@@ -305,6 +315,8 @@ class FanoutRouter:
                     continue
                 yield chunk[skip:] if skip else chunk
                 skip = 0
+        except PeerBusy as error:  # asked again on the retry (from the next candidate)
+            raise SourceUnreachable(f"{PEER}{peer}: {error}") from None
         except (PeerError, TokenError) as error:
             self.route.avoid(peer, str(error))
             raise SourceUnreachable(f"{PEER}{peer}: {error}") from None

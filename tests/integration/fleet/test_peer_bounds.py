@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from modelcache.fleet import PIECE_HEADER, PeerBounds, PeerClient, PeerUnreachable, bearer
+from modelcache.fleet import PIECE_HEADER, PeerBounds, PeerBusy, PeerClient, bearer
 from tests.integration.fleet.conftest import MIB, PIECE, Peer, start_peer
 from tests.integration.fleet.test_peer_protocol import SOME, get
 
@@ -75,7 +75,7 @@ def test_slow_readers_hold_only_their_slots_and_max_uploads_holds(capped: Peer) 
             assert (busy.status_code, busy.headers["Retry-After"]) == (503, "1")
             assert PIECE_HEADER not in busy.headers, "busy, not pending"
             assert "3 uploads at once" in busy.json()["reason"]
-            with pytest.raises(PeerUnreachable, match="answered 503"):
+            with pytest.raises(PeerBusy, match="answered 503"):
                 client.piece(sha, 0, PIECE)
             assert get(capped, f"/v1/blobs/{SOME}").status_code == 404, "others still answered"
             assert capped.metric("modelcache_peer_requests_total", result="refused") == 2

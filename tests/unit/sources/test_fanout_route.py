@@ -6,16 +6,20 @@ route's first question, "who holds the whole blob?", finds no holder, as on a ne
 
 from __future__ import annotations
 
+import hashlib
 import threading
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelcache.fleet import InFlight, PeerClient, PieceAbsent, PiecePending, rank
+from modelcache.api.manifest import ManifestFile, Pieces
+from modelcache.fleet import Body, InFlight, PeerBusy, PeerClient, PieceAbsent, PiecePending, rank
 from modelcache.sources import BlobRoute, FanoutOptions, Fleet, PeerReport
-from modelcache.sources.fanout import ORIGIN
+from modelcache.sources.fanout import ORIGIN, FanoutRouter
+from modelcache.sources.pieces import ObjectPieces, Piece, PieceRead
 
 SHA = "ab" * 32
+PIECE_BYTES = 4 * 1024 * 1024
 NODES = ["gpu-a", "gpu-b", "gpu-c", "gpu-d", "gpu-e", "gpu-f"]
 
 
@@ -127,3 +131,78 @@ def test_every_node_agrees_on_the_assignee_of_a_piece(nodes: list[str], index: i
         if r.candidates(index) == [ORIGIN]:
             assignees.add(me)
     assert len(assignees) == 1
+
+
+class BusyPeer(PeerClient):
+    """A peer at its upload cap for its first `busy` asks, then serving the piece."""
+
+    def __init__(self, name: str, busy: int, data: bytes) -> None:
+        super().__init__(name, "http://127.0.0.1:1", "t" * 43)
+        self.busy, self.data, self.asked = busy, data, 0
+
+    def piece(self, sha256: str, index: int, size: int, *, length: int | None = None) -> Body:
+        self.asked += 1
+        if self.asked <= self.busy:
+            raise PeerBusy(f"peer {self.name} answered 503: 4 uploads at once already")
+        return _Served(self.name, self.data)  # type: ignore[return-value]
+
+
+class _Served:
+    """What a Body gives the router: chunks, and close()."""
+
+    def __init__(self, peer: str, data: bytes) -> None:
+        self.chunks = iter([data])
+
+    def __iter__(self) -> _Served:
+        return self
+
+    def __next__(self) -> bytes:
+        return next(self.chunks)
+
+    def close(self) -> None:
+        pass
+
+
+class _L3:
+    """Stands for L3 here: only named, never read (the test reads from the peer or not at all)."""
+
+    def describe(self, key: str) -> str:
+        return f"oss://models/{key}"
+
+
+def busy_router(busy: int, stall_timeout: float) -> tuple[FanoutRouter, BusyPeer, PieceRead]:
+    """gpu-b, below gpu-a for a piece gpu-a fetches from L3; gpu-a answers busy first."""
+    data = b"x" * PIECE_BYTES
+    peer = BusyPeer("gpu-a", busy, data)
+    options = FanoutOptions(stall_timeout=stall_timeout, poll_interval=0.01)
+    fleet = Fleet("gpu-b", {"gpu-a": peer}, InFlight(), threading.Semaphore(4), options)
+    index = next(i for i in range(64) if rank(["gpu-a", "gpu-b"], f"{SHA}/{i}")[0] == "gpu-a")
+    entry = ManifestFile(
+        path="w.bin",
+        size=64 * PIECE_BYTES,
+        sha256=SHA,
+        crc64="0",
+        pieces=Pieces(size=PIECE_BYTES, sha256=(hashlib.sha256(data).hexdigest(),) * 64),
+    )
+    router = FanoutRouter(BlobRoute(fleet, SHA, 64, Told()), entry)
+    piece = Piece(index, index * PIECE_BYTES, (index + 1) * PIECE_BYTES, entry.pieces.sha256[0])  # type: ignore[union-attr]
+    l3 = ObjectPieces(_L3(), "v1/w.bin", "etag")  # type: ignore[arg-type]
+    return router, peer, PieceRead(piece, 0, (), l3)
+
+
+def test_a_busy_peer_is_asked_again_not_avoided_so_the_piece_never_goes_to_l3() -> None:
+    router, peer, read = busy_router(busy=3, stall_timeout=30.0)
+    source = router(read)
+    assert source.describe() == "peer gpu-a"
+    assert b"".join(source.read(read.piece, 0, PIECE_BYTES)) == b"x" * PIECE_BYTES
+    assert peer.asked == 4
+    assert router.route.candidates(read.piece.index) == ["gpu-a", ORIGIN]
+    assert router.route.report.unavailable_peers == []  # type: ignore[attr-defined]
+
+
+def test_a_peer_busy_past_the_stall_timeout_loses_the_piece_but_stays_a_candidate() -> None:
+    router, _, read = busy_router(busy=10**6, stall_timeout=0.05)
+    source = router(read)
+    assert source.describe() == read.l3.describe()
+    assert router.route.candidates(read.piece.index) == ["gpu-a", ORIGIN]
+    assert router.route.report.unavailable_peers == []  # type: ignore[attr-defined]
