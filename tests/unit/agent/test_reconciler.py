@@ -99,7 +99,9 @@ def test_the_report_is_the_models_nodecache_status_entry(tmp_path: Path) -> None
     wire = report.to_wire()
     assert (wire["namespace"], wire["name"], wire["active"]) == ("studio", "lora", "v1")
     assert "reloadedVersion" not in wire, "the pod has not acknowledged v1"
-    assert wire["versions"] == [{"version": "v1", "state": "Cached", "bytes": 7, "bytesDone": 0}]
+    assert wire["versions"] == [
+        {"version": "v1", "state": "Cached", "bytes": 7, "bytesDone": 0, "bytesFromPeers": 0}
+    ]
     (reload,) = wire["reloads"]
     assert (reload["pod"], reload["version"], reload["ok"], reload["answered"]) == (
         "studio-0",

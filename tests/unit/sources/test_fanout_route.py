@@ -175,7 +175,8 @@ def busy_router(busy: int, stall_timeout: float) -> tuple[FanoutRouter, BusyPeer
     data = b"x" * PIECE_BYTES
     peer = BusyPeer("gpu-a", busy, data)
     options = FanoutOptions(stall_timeout=stall_timeout, poll_interval=0.01)
-    fleet = Fleet("gpu-b", {"gpu-a": peer}, InFlight(), threading.Semaphore(4), options)
+    peers = {"gpu-a": peer}
+    fleet = Fleet("gpu-b", lambda m, v: peers, InFlight(), threading.Semaphore(4), options)  # type: ignore[arg-type,return-value]
     index = next(i for i in range(64) if rank(["gpu-a", "gpu-b"], f"{SHA}/{i}")[0] == "gpu-a")
     entry = ManifestFile(
         path="w.bin",
@@ -184,7 +185,7 @@ def busy_router(busy: int, stall_timeout: float) -> tuple[FanoutRouter, BusyPeer
         crc64="0",
         pieces=Pieces(size=PIECE_BYTES, sha256=(hashlib.sha256(data).hexdigest(),) * 64),
     )
-    router = FanoutRouter(BlobRoute(fleet, SHA, 64, Told()), entry)
+    router = FanoutRouter(BlobRoute(fleet, peers, SHA, 64, Told()), entry)  # type: ignore[arg-type]
     piece = Piece(index, index * PIECE_BYTES, (index + 1) * PIECE_BYTES, entry.pieces.sha256[0])  # type: ignore[union-attr]
     l3 = ObjectPieces(_L3(), "v1/w.bin", "etag")  # type: ignore[arg-type]
     return router, peer, PieceRead(piece, 0, (), l3)
