@@ -93,7 +93,7 @@ TARGET_JOIN_PATHS = 2.0  # a joining node: at most 2 x size / the peer path's ra
 _BLOB_NAME = re.compile(r"^[0-9a-f]{64}$")
 
 # Wide enough for the table when the output goes to a file or a pipe.
-console = Console(highlight=False, width=None if sys.stdout.isatty() else 150)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
 
 
 class BenchError(RuntimeError):
@@ -353,7 +353,9 @@ class Sampler:
         self._thread.start()
 
     def sample(self) -> None:
-        held = [a.held_bytes() for a in self.agents]
+        # Never less than before: a rollout only adds bytes, and between a verified file's
+        # record being removed and its blob being adopted a node holds it nowhere we look.
+        held = [max(a.held_bytes(), last) for a, last in zip(self.agents, self.latest, strict=True)]
         self.latest = held
         self.samples.append((time.monotonic() - self._t0, held))
 
@@ -651,7 +653,7 @@ def report(result: Run, args: argparse.Namespace) -> Table:
     size = result.size
     alone = result.alone.seconds if result.alone is not None else None
     table = Table(title=f"fleet fan-out: a {gib(size)} model, one {args.rate_mbit:g} Mbit/s line")
-    table.add_column("rollout")
+    table.add_column("rollout", no_wrap=True)
     for column in (
         "seconds",
         "x alone",
@@ -662,9 +664,9 @@ def report(result: Run, args: argparse.Namespace) -> Table:
         "wire x",
         "from peers",
         "pieces L3/peer",
-        "peer trouble",
+        "bad / unavailable",
     ):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=True)
     for phase in result.phases():
         times = None
         if phase.seconds is not None and alone and phase is not result.alone:
@@ -688,7 +690,7 @@ def report(result: Run, args: argparse.Namespace) -> Table:
             f"{phase.l3_wire / size:.3f}",
             gib(phase.from_peers),
             f"{phase.pieces_from_l3}/{phase.pieces_from_peers}",
-            f"{phase.bad_pieces} bad, {phase.peers_unavailable} unavail." if phase.peers else "",
+            f"{phase.bad_pieces} / {phase.peers_unavailable}" if phase.peers else "",
         )
         if phase is result.off and args.big_nodes > 0:
             m = args.big_nodes
@@ -816,7 +818,8 @@ def print_report(result: Run, args: argparse.Namespace) -> None:
     console.print(report(result, args))
     console.print(
         "L3 MiB: the bytes the line carried from the store (HTTP bodies and heads); "
-        "wire x: the veth's rx counter / size (TCP/IP/Ethernet headers included, ~4.6 % more)"
+        "wire x: the veth's rx counter / size (headers included: few, the veth carries "
+        "64 KiB GRO segments)"
     )
     for line in join_reading(result):
         console.print(line)
