@@ -17,6 +17,8 @@ from typing import Self
 
 import requests
 import urllib3
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 
 from modelcache.fleet.auth import bearer
 from modelcache.fleet.server import NODE_HEADER, PIECE_HEADER, VERIFIED_HEADER
@@ -28,6 +30,12 @@ CHUNK = 1024 * 1024
 MAX_REASON = 1024  # bytes of a refusal's body read, for the error message
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+# A kept-alive connection the server has since closed (it displaces its idlest one at its
+# connection bound) fails before any answer: one more try, on a fresh connection, before
+# the peer counts as unreachable. Never on an answer (a 503 "busy" is the caller's).
+_STALE_CONNECTION_RETRY = Retry(
+    total=1, connect=1, read=1, status=0, other=0, redirect=0, raise_on_status=False
+)
 
 
 class PeerError(Exception):
@@ -188,6 +196,9 @@ class PeerClient:
         if session is None:
             session = requests.Session()
             session.trust_env = False  # no proxy between two nodes, whatever the env says
+            adapter = HTTPAdapter(max_retries=_STALE_CONNECTION_RETRY)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
             self._local.session = session
         return session
 

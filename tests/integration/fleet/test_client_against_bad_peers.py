@@ -117,3 +117,62 @@ def test_a_peer_that_never_answers_is_unreachable_after_the_read_timeout() -> No
     silent = pytest.raises(PeerUnreachable, match="Timeout")
     with bad_peer(b"", (b"", 3.0, 1)) as url, silent:
         client(url, read_timeout=0.5).piece(SHA, 0, SIZE)
+
+
+@contextmanager
+def dropping_peer(drops: int, answer: bytes) -> Iterator[tuple[str, list[int]]]:
+    """A peer that reads each request head and, for the first `drops` connections, closes
+    without a word (as a server does with a kept-alive connection it displaced just as a
+    request came in); after that it sends `answer`. Yields its URL and the count of
+    connections it took."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(20)
+    taken: list[int] = [0]
+    stopping = threading.Event()
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            if stopping.is_set():
+                conn.close()
+                return
+            taken[0] += 1
+            with conn:
+                received = b""
+                while b"\r\n\r\n" not in received and (chunk := conn.recv(65536)):
+                    received += chunk
+                if taken[0] > drops:
+                    conn.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", taken
+    finally:
+        stopping.set()
+        socket.create_connection(listener.getsockname(), timeout=5).close()  # wake accept()
+        thread.join(30)
+        listener.close()
+
+
+def test_a_connection_dropped_before_any_answer_is_tried_once_more_on_a_fresh_one() -> None:
+    body = b"w" * 1000
+    with dropping_peer(1, head(len(body), "Connection: close") + body) as (url, taken):
+        assert b"".join(PeerClient("b", url, "t").blob(SHA)) == body
+    assert taken == [2]
+
+
+def test_a_peer_that_keeps_dropping_is_unreachable_after_the_second_try() -> None:
+    with dropping_peer(10, b"") as (url, taken), pytest.raises(PeerUnreachable):
+        PeerClient("b", url, "t").blob(SHA)
+    assert taken == [2]
+
+
+def test_a_busy_answer_is_not_retried_by_the_client() -> None:
+    busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
+    with dropping_peer(0, busy) as (url, taken), pytest.raises(PeerError):
+        PeerClient("b", url, "t").blob(SHA)
+    assert taken == [1]
