@@ -48,6 +48,9 @@ NODE_HEADER = "X-Modelcache-Node"
 VERIFIED_HEADER = "X-Modelcache-Verified"
 PIECE_HEADER = "X-Modelcache-Piece"
 MAX_UPLOADS = 4
+# The serving threads' nice value above the agent's: peers get what the node's own pulls,
+# flips and reloads leave of the CPU (docs/fanout.md, "Serving costs").
+SERVING_NICE = 10
 MIN_PIECE_SIZE = 4 * 1024  # a piece size asked for is a power of two in this range
 MAX_PIECE_SIZE = 64 * 1024 * 1024
 RESULTS = ("served", "absent", "pending", "refused", "unauthorized", "bad_request")
@@ -286,6 +289,7 @@ class PeerServer(BoundedHTTPServer):
             max_body=0,
             min_file_rate=bounds.min_rate,
             max_file_rate=bounds.max_rate,
+            thread_nice=SERVING_NICE,
         )
         self.node = node
         self.tokens = tokens

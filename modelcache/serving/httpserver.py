@@ -210,6 +210,18 @@ class _Connection:
     closed: bool = False
 
 
+def lower_thread_priority(by: int) -> None:
+    """Raise the calling thread's nice value by `by` (Linux schedules threads by it), so
+    what it serves yields the CPU to the process's other work; where that is not allowed,
+    it runs as it is."""
+    if by <= 0:
+        return
+    with contextlib.suppress(OSError):
+        thread = threading.get_native_id()
+        now = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, now + by))
+
+
 def _family(host: str) -> socket.AddressFamily:
     info = socket.getaddrinfo(host or None, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     return info[0][0]
@@ -234,6 +246,7 @@ class BoundedHTTPServer(socketserver.TCPServer):
         max_body: int = MAX_BODY,
         min_file_rate: float = MIN_FILE_RATE,
         max_file_rate: float | None = None,
+        thread_nice: int = 0,
     ) -> None:
         if min_file_rate <= 0 or (max_file_rate is not None and max_file_rate <= 0):
             raise ValueError("file rates must be positive")
@@ -245,6 +258,7 @@ class BoundedHTTPServer(socketserver.TCPServer):
         self.max_body = max_body
         self.min_file_rate = min_file_rate
         self.max_file_rate = max_file_rate
+        self.thread_nice = thread_nice
         self.answer_headers: dict[str, str] = {}  # also on the server's own refusals
         self._allowance = 0.0  # bytes the shared file rate lets out now
         self._allowed_at = time.monotonic()
@@ -286,6 +300,7 @@ class BoundedHTTPServer(socketserver.TCPServer):
         self.stop()
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
+        lower_thread_priority(self.thread_nice)  # the request threads inherit it
         self._stopped.clear()
         self._selector.register(self.socket, selectors.EVENT_READ)
         self._selector.register(self._wake_r, selectors.EVENT_READ)

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from modelcache.fleet import PIECE_HEADER, PeerBounds, PeerBusy, PeerClient, bearer
+from modelcache.fleet.server import SERVING_NICE
 from tests.integration.fleet.conftest import MIB, PIECE, Peer, start_peer
 from tests.integration.fleet.test_peer_protocol import SOME, get
 
@@ -148,3 +150,26 @@ def test_a_64_mib_piece_is_served_without_the_server_holding_it_in_memory(
         if process.stdin is not None:
             process.stdin.close()
         process.wait(timeout=30)
+
+
+def _nice(task: Path) -> int | None:
+    try:
+        return int((task / "stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return None  # the thread ended meanwhile
+
+
+def test_serving_runs_below_the_agents_own_work(peer: Peer) -> None:
+    """Serving yields the CPU to the node's own pulls, flips and reloads: the server's
+    thread (and the request threads it starts) run at a nice value above the process's."""
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    assert SERVING_NICE > 0
+    assert own + SERVING_NICE <= 19, "the tests themselves run at too low a priority to see it"
+    tasks = Path("/proc/self/task")
+    wait_for(
+        lambda: any(_nice(t) == min(19, own + SERVING_NICE) for t in tasks.iterdir()),
+        "the serving thread at a lower priority",
+    )
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+    sha = peer.put(b"w" * 1000)
+    assert b"".join(peer.client().blob(sha)) == b"w" * 1000
