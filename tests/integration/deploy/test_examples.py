@@ -153,7 +153,8 @@ def test_the_credentials_templates_hold_exactly_the_keys_the_agent_reads() -> No
     assert len(secrets) == 2
     for secret in secrets:
         keys = set(secret["stringData"])
-        family = next(f for f in families if all(k.startswith(f) for k in keys))
+        family = next((f for f in families if all(k.startswith(f) for k in keys)), None)
+        assert family is not None, f"{secret['metadata']['name']} mixes OSS and AWS keys: {keys}"
         optional = {SECRET_KEYS["session_token"][0 if family == "OSS" else 1]}
         assert keys == families[family] - optional, f"{secret['metadata']['name']}: {keys}"
 
