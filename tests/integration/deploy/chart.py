@@ -1,5 +1,6 @@
-"""helm and kubectl as a user runs them against the chart, and the Prometheus Operator's
-CRDs from the Go module proxy (the test API server has none), for the chart's tests."""
+"""helm and kubectl as a user runs them against the chart, and other projects' CRDs (the
+Prometheus Operator's, Argo CD's) from the Go module proxy (the test API server has none),
+for the chart's and the examples' tests."""
 
 from __future__ import annotations
 
@@ -138,9 +139,9 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
-def prometheus_operator_crds() -> list[dict[str, Any]]:
-    """The PodMonitor and PrometheusRule CRDs as the Prometheus Operator publishes them,
-    from the Go module proxy into the toolchain's module cache (a second run reads the cache)."""
+def module_dir(module: str) -> Path:
+    """Where the Go module `module` ("path@version") lies, fetched from the Go module proxy
+    into the toolchain's module cache (a second run reads the cache)."""
     go = shutil.which("go")
     assert go is not None, "go not found on PATH: the test toolchain is built with it"
     go_root = cache_dir() / "go"
@@ -152,7 +153,7 @@ def prometheus_operator_crds() -> list[dict[str, Any]]:
         "GOWORK": "off",
     }
     ran = subprocess.run(
-        [go, "mod", "download", "-json", PROMETHEUS_OPERATOR],
+        [go, "mod", "download", "-json", module],
         env=env,
         capture_output=True,
         text=True,
@@ -160,11 +161,16 @@ def prometheus_operator_crds() -> list[dict[str, Any]]:
         timeout=GO_DOWNLOAD_TIMEOUT_S,
         cwd=go_root.parent,
     )
-    module = json.loads(ran.stdout or "{}")
-    problem = f"go mod download {PROMETHEUS_OPERATOR}: {module.get('Error') or ran.stderr}"
+    found = json.loads(ran.stdout or "{}")
+    problem = f"go mod download {module}: {found.get('Error') or ran.stderr}"
     assert ran.returncode == 0, problem
-    assert "Dir" in module, problem
-    crd_dir = Path(module["Dir"]) / "example" / "prometheus-operator-crd"
+    assert "Dir" in found, problem
+    return Path(found["Dir"])
+
+
+def prometheus_operator_crds() -> list[dict[str, Any]]:
+    """The PodMonitor and PrometheusRule CRDs as the Prometheus Operator publishes them."""
+    crd_dir = module_dir(PROMETHEUS_OPERATOR) / "example" / "prometheus-operator-crd"
     return [
         yaml.safe_load((crd_dir / f"monitoring.coreos.com_{plural}.yaml").read_text())
         for plural in MONITORING_CRDS
@@ -173,19 +179,27 @@ def prometheus_operator_crds() -> list[dict[str, Any]]:
 
 def install_monitoring_crds(api: Any, *, timeout: float = 30.0) -> None:
     """Create the Prometheus Operator's CRDs (if not there yet) and wait until served."""
+    install_served_crds(api, prometheus_operator_crds(), timeout=timeout)
+
+
+def install_served_crds(api: Any, crds: list[dict[str, Any]], *, timeout: float = 30.0) -> None:
+    """Create `crds` (those an earlier test of this session created are kept) and wait until
+    the server serves each one's resources (a CRD is accepted before it is served)."""
     extensions = client.ApiextensionsV1Api(api)
-    for crd in prometheus_operator_crds():
+    for crd in crds:
         try:
             extensions.create_custom_resource_definition(crd)
         except ApiException as error:
-            if error.status != 409:  # created by an earlier test of this session
+            if error.status != 409:
                 raise
     custom = client.CustomObjectsApi(api)
     deadline = time.monotonic() + timeout
-    for plural in MONITORING_CRDS:
+    for crd in crds:
+        group, plural = crd["spec"]["group"], crd["spec"]["names"]["plural"]
+        version = next(v["name"] for v in crd["spec"]["versions"] if v.get("served", True))
         while True:
             try:
-                custom.list_cluster_custom_object("monitoring.coreos.com", "v1", plural)
+                custom.list_cluster_custom_object(group, version, plural)
                 break
             except ApiException as error:
                 if error.status != 404 or time.monotonic() > deadline:
