@@ -134,16 +134,6 @@ class BlobRoute:
     def ranked(self, index: int) -> list[str]:
         return rank(self.nodes, piece_key(self.sha256, index))
 
-    def schedule(self) -> list[int]:
-        """Piece indices in fetch order. While no peer holds the whole blob, first those this
-        node is the first to fetch from L3, so every node's share of the line is busy at
-        once; then the rest in order, which their first nodes fetch in the same order."""
-        if self.holders:
-            return list(range(self.pieces))
-        mine = [i for i in range(self.pieces) if self.ranked(i)[0] == self.fleet.me]
-        taken = set(mine)
-        return mine + [i for i in range(self.pieces) if i not in taken]
-
     def candidates(self, index: int) -> list[str | None]:
         """Where piece `index` is asked for, in order: the holders of the whole blob, then
         the nodes ranked above this one; `ORIGIN` (L3) last, this node's own place."""

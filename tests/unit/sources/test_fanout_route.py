@@ -71,15 +71,6 @@ def test_each_piece_has_one_first_node_which_alone_goes_to_l3() -> None:
             assert r.candidates(index) == [*ranked[: ranked.index(me)], ORIGIN]
 
 
-def test_a_node_fetches_its_own_share_first_then_the_rest_in_order() -> None:
-    r = route("gpu-c")[0]
-    order = r.schedule()
-    assert sorted(order) == list(range(64))
-    mine = [i for i in range(64) if rank(NODES, f"{SHA}/{i}")[0] == "gpu-c"]
-    assert order[: len(mine)] == mine
-    assert order[len(mine) :] == sorted(set(range(64)) - set(mine))
-
-
 def test_a_peer_not_pulling_is_waited_for_until_the_grace_then_skipped() -> None:
     r, clock, told = route("gpu-f", absent_grace=10.0)
     index = next(i for i in range(64) if len(r.candidates(i)) > 2)
