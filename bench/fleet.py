@@ -579,17 +579,18 @@ class Rollouts:
             self.progress.console.print(f"[red]{label}: {found.error}[/]")
         return found
 
-    def all(self, n: int, m: int) -> None:
+    def all(self, n: int, m: int, *, peers_off: bool = True) -> None:
         site = self.site
         alone = site.new_agents("alone", names("solo", 1))
         site.start(alone, None)
         self.phase("1 node alone", "alone", alone, None, 1)
         site.stop(alone)
 
-        off = site.new_agents("off", names("gpu", n))
-        site.start(off, None)
-        self.phase(f"{n} nodes, peers off", "off", off, None, n)
-        site.stop(off)
+        if peers_off:
+            off = site.new_agents("off", names("gpu", n))
+            site.start(off, None)
+            self.phase(f"{n} nodes, peers off", "off", off, None, n)
+            site.stop(off)
 
         on = site.new_agents("on", names("gpu", n))
         site.start(on, on)
@@ -635,7 +636,8 @@ def run(args: argparse.Namespace, result: Run) -> None:
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, refresh_per_second=4) as progress:
-            Rollouts(site, result, progress).all(args.nodes, args.big_nodes)
+            rollouts = Rollouts(site, result, progress)
+            rollouts.all(args.nodes, args.big_nodes, peers_off=not args.skip_peers_off)
 
 
 # -- the report ------------------------------------------------------------------------------
@@ -792,6 +794,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument(
         "--png", type=Path, default=Path("bench/fleet.png"), help="the figure (default %(default)s)"
+    )
+    parser.add_argument(
+        "--skip-peers-off",
+        action="store_true",
+        help="leave out --nodes nodes with peers off (N x the bytes by construction; the "
+        "longest phase: N x one node alone)",
     )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--work-dir", help="where cache roots and the store go (default: $TMPDIR)")

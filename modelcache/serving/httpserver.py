@@ -57,6 +57,7 @@ from typing import Any, Self, cast
 log = logging.getLogger(__name__)
 
 MAX_CONNECTIONS = 64
+RETRY_AFTER_S = 1  # what a 503 of the server's own bounds tells the client to wait
 HEADER_TIMEOUT_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
 WRITE_TIMEOUT_S = 10.0
@@ -370,7 +371,10 @@ class BoundedHTTPServer(socketserver.TCPServer):
                 _say_and_close(sock, self._refusal(503, "too many connections: retry soon"))
 
     def _refusal(self, status: int, reason: str) -> bytes:
-        return json_answer(status, reason, self.answer_headers)
+        headers = dict(self.answer_headers)
+        if status == 503:  # every 503 of ours is a bound reached for now: "try again soon"
+            headers["Retry-After"] = str(RETRY_AFTER_S)
+        return json_answer(status, reason, headers)
 
     def _add(self, sock: socket.socket, address: Any) -> _Connection:
         sock.setblocking(False)

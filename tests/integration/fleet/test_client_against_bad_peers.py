@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from modelcache.fleet import PeerClient, PeerError, PeerMisbehaved, PeerUnreachable
+from modelcache.fleet import PeerBusy, PeerClient, PeerError, PeerMisbehaved, PeerUnreachable
 
 SHA = "ab" * 32
 SIZE = 4 * 1024 * 1024
@@ -171,8 +171,10 @@ def test_a_peer_that_keeps_dropping_is_unreachable_after_the_second_try() -> Non
     assert taken == [2]
 
 
-def test_a_busy_answer_is_not_retried_by_the_client() -> None:
+def test_a_busy_answer_is_busy_and_left_to_the_route() -> None:
+    """A 503 with Retry-After (the server's connection cap, or `max_uploads`) is `PeerBusy`:
+    the route asks again later and keeps the peer; the client does not retry it itself."""
     busy = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n\r\n"
-    with dropping_peer(0, busy) as (url, taken), pytest.raises(PeerError):
+    with dropping_peer(0, busy) as (url, taken), pytest.raises(PeerBusy):
         PeerClient("b", url, "t").blob(SHA)
     assert taken == [1]

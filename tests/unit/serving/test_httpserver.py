@@ -244,6 +244,7 @@ def test_a_503_only_when_every_connection_is_being_answered() -> None:
             assert server.holding.acquire(timeout=20)
         answer = exchange(server.server_port, GET_CLOSE)
         assert (status_of(answer), reason_of(answer)) == (503, "too many connections: retry soon")
+        assert b"\r\nRetry-After: 1\r\n" in answer  # a bound for now: clients come back
         server.release.set()
         for conn in busy:
             answer = b""
