@@ -34,11 +34,11 @@ import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import yaml
+from _reload_endpoint import PodServer
 from rich.console import Console
 from rich.table import Table
 
@@ -67,29 +67,6 @@ class BenchError(RuntimeError):
 
 
 # -- the inference pod's reload endpoint ------------------------------------------------------
-class PodServer(ThreadingHTTPServer):
-    """Answers every reload ok; `received` holds (arrival time.time(), version) per call."""
-
-    received: list[tuple[float, str]]
-
-
-class _Reload(BaseHTTPRequestHandler):
-    server: PodServer
-
-    def do_POST(self) -> None:
-        arrived = time.time()
-        length = min(int(self.headers.get("Content-Length", "0")), 64 * 1024)
-        body = json.loads(self.rfile.read(length))
-        self.server.received.append((arrived, body["version"]))
-        data = json.dumps({"ok": True, "live_version": body["version"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 # -- the loader: a neighbour taking the big blob, in its own process --------------------------
@@ -251,8 +228,7 @@ def run(args: argparse.Namespace, work: Path, stack: contextlib.ExitStack) -> Re
     for version in ("v1", "v2"):
         write_file(work / f"small-{version}" / "lora.safetensors", SMALL_MIB * MIB)
         publish(open_source(f"{source}/small", credentials), work / f"small-{version}", version)
-    pod = PodServer((LOOPBACK, 0), _Reload)
-    pod.received = []
+    pod = PodServer((LOOPBACK, 0))
     stack.callback(pod.server_close)
     stack.callback(pod.shutdown)
     threading.Thread(target=pod.serve_forever, daemon=True).start()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import random
 import shutil
@@ -36,7 +35,6 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +54,7 @@ from _cluster import (
     stop_processes,
     wait_for,
 )
+from _reload_endpoint import PodServer
 from kubernetes import client
 from kubernetes import config as kube_config
 from rich.progress import Progress
@@ -75,28 +74,6 @@ FILES = {"adapter.safetensors": 256 * 1024, "adapter_config.json": 600}
 
 
 # -- the inference pods' reload endpoints -----------------------------------------------------
-class PodServer(ThreadingHTTPServer):
-    """One pod's reload endpoint; `received` holds (arrival time.time(), version) per call."""
-
-    received: list[tuple[float, str]]
-
-
-class _Reload(BaseHTTPRequestHandler):
-    server: PodServer
-
-    def do_POST(self) -> None:
-        arrived = time.time()
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        self.server.received.append((arrived, body["version"]))
-        data = json.dumps({"ok": True, "live_version": body["version"]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
 
 
 def pod_ip(index: int) -> str:
@@ -169,8 +146,7 @@ def start_pods(stack: contextlib.ExitStack, fleet: Fleet, port: int, progress: P
     pods = progress.add_task("pods + reload endpoints", total=len(fleet.nodes))
     for index, node in enumerate(fleet.nodes):
         ip = pod_ip(index)
-        server = PodServer((ip, port), _Reload)
-        server.received = []
+        server = PodServer((ip, port))
         threading.Thread(target=server.serve_forever, name=f"pod-{node}", daemon=True).start()
         stack.callback(server.server_close)
         stack.callback(server.shutdown)
