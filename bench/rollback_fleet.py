@@ -27,6 +27,7 @@ import argparse
 import contextlib
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -71,30 +72,51 @@ REAL_AGENTS_6 = {"patch -> Available, median": 0.281, "every node flipped + relo
 
 
 # -- what the watches saw ---------------------------------------------------------------------
+Row = tuple[float, str, str | None, str | None, str | None]
+
+
 class CacheLog:
     """Per NodeCache event: (arrival, node, this model's spec `active`, status `active`,
-    status `reloadedVersion`). Compact: 500 nodes x every write of a run."""
+    status `reloadedVersion`). Compact: 500 nodes x every write of a run. Also the arrival
+    of each spec write (the generation moved) and of each status write (it did not)."""
 
     def __init__(self) -> None:
-        self.events: list[tuple[float, str, str | None, str | None, str | None]] = []
+        self.events: list[Row] = []
+        self.spec_writes: list[float] = []
+        self.status_writes: list[float] = []
+        self._generation: dict[str, int] = {}
         self._lock = threading.Lock()
 
     def __call__(self, arrived: float, body: dict[str, Any]) -> None:
         spec = _entry(body, "spec")
         status = _entry(body, "status")
+        name = str(body["metadata"]["name"])
         row = (
             arrived,
-            str(body["metadata"]["name"]),
+            name,
             spec.get("active"),
             status.get("active"),
             status.get("reloadedVersion"),
         )
+        generation = int(body["metadata"].get("generation") or 0)
         with self._lock:
             self.events.append(row)
+            before = self._generation.get(name)
+            if before is not None:
+                (self.spec_writes if generation != before else self.status_writes).append(arrived)
+            self._generation[name] = generation
 
-    def since(self, start: float) -> list[tuple[float, str, str | None, str | None, str | None]]:
+    def since(self, start: float) -> list[Row]:
         with self._lock:
             return [e for e in self.events if e[0] >= start]
+
+    def writes(self, start: float, end: float) -> tuple[int, int]:
+        """(spec writes, status writes) that arrived between `start` and `end`."""
+        with self._lock:
+            return (
+                sum(start <= t <= end for t in self.spec_writes),
+                sum(start <= t <= end for t in self.status_writes),
+            )
 
 
 def _entry(body: dict[str, Any], part: str) -> dict[str, Any]:
@@ -122,6 +144,8 @@ class Rollback:
     last_report: float  # command -> the last NodeCache status reporting the target served
     available: float  # command -> the ModelVersion status Available on the target
     mv_writes: int  # ModelVersion events between the patch and Available (status writes)
+    spec_writes: int  # NodeCache spec writes (the operator's) from the command to Available
+    status_writes: int  # NodeCache status writes (the agents') from the command to Available
     cpu: dict[str, float]  # process group -> CPU seconds from the command to Available
 
 
@@ -237,6 +261,8 @@ def measure(cluster: Cluster, target: str) -> Rollback:
         last_report=max(report_at.values()) - start,
         available=avail - start,
         mv_writes=sum(1 for t, _, _ in mv if patch < t <= avail),
+        spec_writes=cluster.caches.writes(start, avail)[0],
+        status_writes=cluster.caches.writes(start, avail)[1],
         cpu={k: cpu_after[k] - cpu_before[k] for k in cpu_before},
     )
 
@@ -353,6 +379,27 @@ def run_size(count: int, args: argparse.Namespace, work: Path) -> SizeResult:
             setup_v1 = roll_out(cluster, "v1", progress)
             setup_v2 = roll_out(cluster, "v2", progress)
         time.sleep(2.0)  # the operator's settling reconcile
+        if args.py_spy is not None:  # a diagnosis: where the operator's CPU goes in the rollbacks
+            spy = subprocess.Popen(
+                [
+                    str(args.py_spy),
+                    "record",
+                    "--pid",
+                    str(operator.pid),
+                    "--format",
+                    "raw",
+                    "--rate",
+                    "100",
+                    "--gil",
+                    "--output",
+                    str(work / "operator.py-spy.txt"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            stack.callback(spy.wait, 30)
+            stack.callback(spy.send_signal, signal.SIGINT)
+            time.sleep(1.0)
         results = []
         target = "v1"
         for index in range(args.repeats):
@@ -391,6 +438,8 @@ def rows(result: SizeResult) -> list[tuple[str, float | str]]:
             f"{min(x.available for x in r):.3f} / {max(x.available for x in r):.3f}",
         ),
         ("ModelVersion writes in the rollback", f"{med([x.mv_writes for x in r]):.0f}"),
+        ("NodeCache spec writes (operator)", f"{med([x.spec_writes for x in r]):.0f}"),
+        ("NodeCache status writes (agents)", f"{med([x.status_writes for x in r]):.0f}"),
         *(
             (f"CPU s, {name}", med([x.cpu[name] for x in r]))
             for name in ("operator", "kube-apiserver + etcd", "simulated agents")
@@ -442,6 +491,12 @@ def main() -> None:
         "--max-unavailable", default="100%", help="waves of the setup rollout of v2 only"
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep logs in DIR")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        default=None,
+        help="py-spy binary: record the operator over the rollbacks (DIR/nN/operator.py-spy.txt)",
+    )
     args = parser.parse_args()
     sizes = [int(n) for n in args.nodes.split(",")]
     console.print(
