@@ -141,6 +141,7 @@ class Rollback:
     first_spec: float  # command -> the first NodeCache spec with active = target
     last_spec: float
     answers: list[float]  # each node: its spec's arrival -> its status report's arrival
+    specs: list[float]  # command -> each node's spec arrival, sorted
     last_report: float  # command -> the last NodeCache status reporting the target served
     available: float  # command -> the ModelVersion status Available on the target
     mv_writes: int  # ModelVersion events between the patch and Available (status writes)
@@ -258,6 +259,7 @@ def measure(cluster: Cluster, target: str) -> Rollback:
         first_spec=min(spec_at.values()) - start,
         last_spec=max(spec_at.values()) - start,
         answers=[report_at[n] - spec_at[n] for n in cluster.nodes],
+        specs=sorted(t - start for t in spec_at.values()),
         last_report=max(report_at.values()) - start,
         available=avail - start,
         mv_writes=sum(1 for t, _, _ in mv if patch < t <= avail),
@@ -271,6 +273,7 @@ def measure(cluster: Cluster, target: str) -> Rollback:
 @dataclass
 class SizeResult:
     nodes: int
+    load: str  # the 1-minute load average before the size's rollbacks
     setup_v1: float
     setup_v2: float
     rollbacks: list[Rollback]
@@ -379,6 +382,7 @@ def run_size(count: int, args: argparse.Namespace, work: Path) -> SizeResult:
             setup_v1 = roll_out(cluster, "v1", progress)
             setup_v2 = roll_out(cluster, "v2", progress)
         time.sleep(2.0)  # the operator's settling reconcile
+        load = load_average()
         if args.py_spy is not None:  # a diagnosis: where the operator's CPU goes in the rollbacks
             spy = subprocess.Popen(
                 [
@@ -413,7 +417,7 @@ def run_size(count: int, args: argparse.Namespace, work: Path) -> SizeResult:
             target = "v2" if target == "v1" else "v1"
             time.sleep(2.0)
         console.print(f"{count} nodes: tearing down")
-    return SizeResult(count, setup_v1, setup_v2, results)
+    return SizeResult(count, load, setup_v1, setup_v2, results)
 
 
 # -- output -----------------------------------------------------------------------------------
@@ -426,6 +430,8 @@ def rows(result: SizeResult) -> list[tuple[str, float | str]]:
         ("  CLI process exited", med([x.cli_exit for x in r])),
         ("patch -> operator's 1st NodeCache write", med([x.first_spec - x.patch for x in r])),
         ("1st -> last NodeCache write", med([x.last_spec - x.first_spec for x in r])),
+        ("  command -> half the nodes' specs written", med([_nth(x.specs, 0.5) for x in r])),
+        ("  NodeCache writes per second (1st -> last)", med([_rate(x) for x in r])),
         ("patch -> MV status names target", med([x.status_first - x.patch for x in r])),
         ("agent: its spec -> its report, median", med([med(x.answers) for x in r])),
         ("agent: its spec -> its report, max", med([max(x.answers) for x in r])),
@@ -445,6 +451,15 @@ def rows(result: SizeResult) -> list[tuple[str, float | str]]:
             for name in ("operator", "kube-apiserver + etcd", "simulated agents")
         ),
     ]
+
+
+def _nth(values: list[float], fraction: float) -> float:
+    return values[min(int(len(values) * fraction), len(values) - 1)]
+
+
+def _rate(rollback: Rollback) -> float:
+    spread_s = rollback.last_spec - rollback.first_spec
+    return (len(rollback.specs) - 1) / spread_s if spread_s > 0 else float("nan")
 
 
 def print_results(results: list[SizeResult]) -> None:
@@ -470,7 +485,8 @@ def print_results(results: list[SizeResult]) -> None:
     )
     for result in results:
         console.print(
-            f"{result.nodes} nodes: setup v1 {result.setup_v1:.1f} s, v2 {result.setup_v2:.1f} s; "
+            f"{result.nodes} nodes (load average {result.load} before the rollbacks): setup v1 "
+            f"{result.setup_v1:.1f} s, v2 {result.setup_v2:.1f} s; "
             f"command -> Available {spread([x.available for x in result.rollbacks])} s"
         )
     big = max(results, key=lambda r: r.nodes)
