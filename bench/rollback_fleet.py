@@ -478,7 +478,7 @@ def print_results(results: list[SizeResult]) -> None:
             *(c if isinstance(c, str) else f"{c:.3f}" for c in cells),
             "" if docs is None else f"{docs:.3f}",
         )
-    console.print(table, width=max(console.width, 110))
+    console.print(table, width=max(console.width, 120))
     console.print(
         "6 real agents: bench/rollback.py, 2026-12-02, 2-core Intel Xeon VM (docs/benchmarks.md "
         "'Rollback'); it times from the spec patch and includes each pod's reload POST"
