@@ -28,12 +28,14 @@ import contextlib
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -131,6 +133,40 @@ def _available(body: dict[str, Any], target: str) -> bool:
     return status.get("phase") == "Available" and status.get("currentVersion") == target
 
 
+# -- the API server's own account ------------------------------------------------------------
+REQUESTS = [
+    ("PUT", "nodecaches", ""),
+    ("PATCH", "nodecaches", "status"),
+    ("LIST", "pods", ""),
+    ("PATCH", "modelversions", "status"),
+    ("POST", "events", ""),
+]
+
+
+def request_totals(kube: KubeControlPlane) -> dict[tuple[str, str, str], tuple[float, float]]:
+    """(verb, resource, subresource) -> (count, seconds) from the API server's
+    apiserver_request_duration_seconds: how long it took to answer each kind of request."""
+    context = ssl.create_default_context(cafile=str(kube.ca_cert))
+    request = urllib.request.Request(  # noqa: S310 - the control plane's https URL
+        f"{kube.url}/metrics", headers={"Authorization": f"Bearer {kube.admin_token}"}
+    )
+    with urllib.request.urlopen(request, context=context, timeout=30) as response:  # noqa: S310
+        text = response.read(64 * 2**20).decode()
+    totals: dict[tuple[str, str, str], list[float]] = {}
+    for line in text.splitlines():
+        if not line.startswith("apiserver_request_duration_seconds_"):
+            continue
+        name, _, rest = line.partition("{")
+        if not name.endswith(("_sum", "_count")):
+            continue
+        labels_text, _, value = rest.rpartition("} ")
+        labels = dict(part.split("=", 1) for part in labels_text.split(",") if "=" in part)
+        key = tuple(labels.get(k, '""').strip('"') for k in ("verb", "resource", "subresource"))
+        slot = totals.setdefault(key, [0.0, 0.0])  # type: ignore[arg-type]
+        slot[0 if name.endswith("_count") else 1] += float(value)
+    return {k: (v[0], v[1]) for k, v in totals.items()}  # type: ignore[misc]
+
+
 # -- one measured rollback --------------------------------------------------------------------
 @dataclass
 class Rollback:
@@ -148,11 +184,13 @@ class Rollback:
     spec_writes: int  # NodeCache spec writes (the operator's) from the command to Available
     status_writes: int  # NodeCache status writes (the agents') from the command to Available
     cpu: dict[str, float]  # process group -> CPU seconds from the command to Available
+    requests: dict[tuple[str, str, str], tuple[float, float]]  # (count, seconds) in the window
 
 
 @dataclass
 class Cluster:
     nodes: list[str]
+    kube: KubeControlPlane
     custom: client.CustomObjectsApi
     kubeconfig: Path
     operator: ManagedProcess
@@ -200,6 +238,7 @@ def measure(cluster: Cluster, target: str) -> Rollback:
     """`modelcache rollback` as a user runs it, then wait for Available and read the watches."""
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig)}
     cpu_before = cluster.cpu()
+    requests_before = request_totals(cluster.kube)
     start = time.time()
     done = subprocess.run(
         [sys.executable, "-m", "modelcache", "rollback", MODEL, "-n", NAMESPACE],
@@ -225,6 +264,7 @@ def measure(cluster: Cluster, target: str) -> Rollback:
         interval=0.01,
     )
     cpu_after = cluster.cpu()
+    requests_after = request_totals(cluster.kube)
     avail = available_at()
     assert avail is not None
     nodes = set(cluster.nodes)
@@ -266,6 +306,13 @@ def measure(cluster: Cluster, target: str) -> Rollback:
         spec_writes=cluster.caches.writes(start, avail)[0],
         status_writes=cluster.caches.writes(start, avail)[1],
         cpu={k: cpu_after[k] - cpu_before[k] for k in cpu_before},
+        requests={
+            key: (
+                count - requests_before.get(key, (0.0, 0.0))[0],
+                seconds - requests_before.get(key, (0.0, 0.0))[1],
+            )
+            for key, (count, seconds) in requests_after.items()
+        },
     )
 
 
@@ -370,6 +417,7 @@ def run_size(count: int, args: argparse.Namespace, work: Path) -> SizeResult:
             stack.callback(versions.stop)
             cluster = Cluster(
                 nodes=nodes,
+                kube=kube,
                 custom=custom,
                 kubeconfig=kube.kubeconfig,
                 operator=operator,
@@ -447,10 +495,23 @@ def rows(result: SizeResult) -> list[tuple[str, float | str]]:
         ("NodeCache spec writes (operator)", f"{med([x.spec_writes for x in r]):.0f}"),
         ("NodeCache status writes (agents)", f"{med([x.status_writes for x in r]):.0f}"),
         *(
+            (
+                f"API: {verb} {resource}{'/' + sub if sub else ''}: n, mean ms",
+                f"{med([x.requests.get((verb, resource, sub), (0, 0))[0] for x in r]):.0f}, "
+                f"{med([_mean_ms(x, (verb, resource, sub)) for x in r]):.1f}",
+            )
+            for verb, resource, sub in REQUESTS
+        ),
+        *(
             (f"CPU s, {name}", med([x.cpu[name] for x in r]))
             for name in ("operator", "kube-apiserver + etcd", "simulated agents")
         ),
     ]
+
+
+def _mean_ms(rollback: Rollback, key: tuple[str, str, str]) -> float:
+    count, seconds = rollback.requests.get(key, (0.0, 0.0))
+    return 1000 * seconds / count if count else 0.0
 
 
 def _nth(values: list[float], fraction: float) -> float:
@@ -466,8 +527,8 @@ def print_results(results: list[SizeResult]) -> None:
     table = Table(title="modelcache rollback, seconds (medians over rollbacks)")
     table.add_column("", no_wrap=True)
     for result in results:
-        table.add_column(f"{result.nodes} simulated", justify="right")
-    table.add_column("6 real agents (docs)", justify="right")
+        table.add_column(f"{result.nodes} simulated", justify="right", no_wrap=True)
+    table.add_column("6 real agents (docs)", justify="right", no_wrap=True)
     by_size = [dict(rows(r)) for r in results]
     real = {"patch -> Available": REAL_AGENTS_6["patch -> Available, median"]}
     for label, _ in rows(results[0]):
