@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
+import json
 import os
 import shutil
 import signal
@@ -509,6 +511,14 @@ def rows(result: SizeResult) -> list[tuple[str, float | str]]:
     ]
 
 
+def _wire(result: SizeResult) -> dict[str, Any]:
+    """One size's figures as JSON (request keys joined: "PUT nodecaches/")."""
+    body = dataclasses.asdict(result)
+    for rollback, raw in zip(body["rollbacks"], result.rollbacks, strict=True):
+        rollback["requests"] = {"/".join(k): v for k, v in raw.requests.items()}
+    return body
+
+
 def _mean_ms(rollback: Rollback, key: tuple[str, str, str]) -> float:
     count, seconds = rollback.requests.get(key, (0.0, 0.0))
     return 1000 * seconds / count if count else 0.0
@@ -568,6 +578,7 @@ def main() -> None:
         "--max-unavailable", default="100%", help="waves of the setup rollout of v2 only"
     )
     parser.add_argument("--keep", type=Path, default=None, help="keep logs in DIR")
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument(
         "--py-spy",
         type=Path,
@@ -593,6 +604,8 @@ def main() -> None:
         for size in sizes:
             results.append(run_size(size, args, work / f"n{size}"))
         print_results(results)
+        if args.json is not None:
+            args.json.write_text(json.dumps([_wire(r) for r in results], indent=1))
     if args.keep is not None:
         console.print(f"logs kept in {work}")
 
