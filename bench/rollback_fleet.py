@@ -59,6 +59,7 @@ from _cluster import (
 )
 from kubernetes import client
 from kubernetes import config as kube_config
+from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
@@ -549,7 +550,7 @@ def print_results(results: list[SizeResult]) -> None:
             *(c if isinstance(c, str) else f"{c:.3f}" for c in cells),
             "" if docs is None else f"{docs:.3f}",
         )
-    console.print(table, width=max(console.width, 120))
+    Console(width=max(console.width, 120), highlight=False).print(table)  # never squeezed
     console.print(
         "6 real agents: bench/rollback.py, 2026-12-02, 2-core Intel Xeon VM (docs/benchmarks.md "
         "'Rollback'); it times from the spec patch and includes each pod's reload POST"
