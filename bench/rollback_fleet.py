@@ -71,9 +71,9 @@ from modelcache.testing.process import ManagedProcess
 
 NAMESPACE = "studio"
 MODEL = "lora"
-# The latest 6 real-agent figure in docs/benchmarks.md ("Rollback"): bench/rollback.py,
-# spec patch -> Available, on another machine (2-core Intel Xeon VM, 2026-12-02).
-REAL_AGENTS_6 = {"patch -> Available, median": 0.281, "every node flipped + reloaded": 0.217}
+# The latest 6 real-agent figure in docs/benchmarks.md ("Rollback across 500 nodes"):
+# bench/rollback.py --nodes 6, spec patch -> Available, median, on the 2-core AMD EPYC VM.
+REAL_AGENTS_6 = {"patch -> Available, median": 0.239, "every node flipped + reloaded": 0.159}
 
 
 # -- what the watches saw ---------------------------------------------------------------------
@@ -552,8 +552,9 @@ def print_results(results: list[SizeResult]) -> None:
         )
     Console(width=max(console.width, 120), highlight=False).print(table)  # never squeezed
     console.print(
-        "6 real agents: bench/rollback.py, 2026-12-02, 2-core Intel Xeon VM (docs/benchmarks.md "
-        "'Rollback'); it times from the spec patch and includes each pod's reload POST"
+        "6 real agents: bench/rollback.py --nodes 6, 2026-12-05, 2-core AMD EPYC VM "
+        "(docs/benchmarks.md 'Rollback across 500 nodes'); it times from the spec patch "
+        "and includes each pod's reload POST"
     )
     for result in results:
         console.print(
