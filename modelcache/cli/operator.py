@@ -41,6 +41,16 @@ def operator(
     liveness: Annotated[
         str | None, typer.Option("--liveness", help="e.g. http://0.0.0.0:8080/healthz")
     ] = None,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=0,
+            max=65535,
+            help="Serve Prometheus metrics on this port (the chart: 9470). Default: none.",
+        ),
+    ] = None,
+    metrics_host: Annotated[str, typer.Option("--metrics-host")] = "0.0.0.0",  # noqa: S104
 ) -> None:
     """Reconcile ModelVersions into NodeCaches and roll versions out in waves."""
     from modelcache.operator.run import run_operator  # noqa: PLC0415 - needs [operator]
@@ -54,6 +64,8 @@ def operator(
         priority=priority,
         peering_lifetime=peering_lifetime,
         liveness=liveness,
+        metrics_port=metrics_port,
+        metrics_host=metrics_host,
     )
 
 

@@ -21,6 +21,7 @@ from kubernetes.client.exceptions import ApiException
 from modelcache.api.k8s import GROUP, MODEL_VERSIONS, NODE_CACHES, VERSION
 from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.kubeclient import kube_configuration
+from modelcache.operator.metrics import OperatorMetrics
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
 from modelcache.operator.wakeups import (
     NodeSelectionMemory,
@@ -56,7 +57,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     configuration = kube_configuration(memo.get("kubeconfig"))
     configuration.connection_pool_maxsize = WRITE_CONCURRENCY * 2  # reconciles share it
     api = client.ApiClient(configuration)
-    memo.reconciler = Reconciler(api)
+    memo.reconciler = Reconciler(api, metrics=memo.get("metrics") or OperatorMetrics())
     memo.wakeups = WakeupBoard()
     memo.node_selection = NodeSelectionMemory()
 
@@ -114,13 +115,20 @@ async def rollout(
                 elif outcome.written_nodes == 0:
                     interval = waiting_interval(outcome.deadline_seconds)
             except ApiException as error:
+                reconciler.metrics.reconcile_error("api")
                 logger.warning("reconcile failed (%s): %s", error.status, error.reason)
             except ValueError as error:  # a spec the models refuse (the CRD schema is looser)
+                reconciler.metrics.reconcile_error("invalid_spec")
                 logger.error("invalid spec: %s", error)
                 interval = SETTLED_INTERVAL
+            except Exception:  # kopf logs it and restarts the daemon after a backoff
+                reconciler.metrics.reconcile_error("other")
+                raise
             await sleep_until(wakeup, interval)
     finally:
         board.unregister(namespace, name)
+        # Deleted, or this replica paused (a standby): its phase is not this one's to say.
+        reconciler.metrics.forget(f"{namespace}/{name}")
 
 
 def waiting_interval(deadline_seconds: float | None) -> float:

@@ -37,6 +37,7 @@ from modelcache.api import (
     RolloutState,
 )
 from modelcache.operator.clusterview import ClusterView, node_is_ready
+from modelcache.operator.metrics import OperatorMetrics
 from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
 from modelcache.operator.planner import Plan, PlanEvent, next_deadline, plan_rollout
 
@@ -69,10 +70,17 @@ class Outcome:
 class Reconciler:
     """Reconciles ModelVersions; one instance per operator process."""
 
-    def __init__(self, api: client.ApiClient, *, clock: Clock = utcnow) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        clock: Clock = utcnow,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.clock = clock
+        self.metrics = metrics or OperatorMetrics()
         self._writers = ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="nodecache-write")
         # NodeCache name -> (resourceVersion, spec, status) as last parsed.
         self._parsed: dict[str, tuple[str, NodeCacheSpec, NodeCacheStatus | None]] = {}
@@ -130,6 +138,7 @@ class Reconciler:
         (None: LIST both from the API server, as a test or a one-off run does)."""
         body = self._model_version(namespace, name)
         if body is None or body["metadata"].get("deletionTimestamp"):
+            self.metrics.forget(f"{namespace}/{name}")
             return Outcome(None, True, 0)
         spec = ModelVersionSpec.model_validate(body["spec"])
         status = ModelVersionStatus.model_validate(body.get("status") or {})
@@ -167,6 +176,9 @@ class Reconciler:
         new_status = self._status(body, status, plan, now)
         if new_status != status:  # a waiting rollout re-plans every second, mostly to no change
             self._write_status(namespace, name, new_status)
+            # Counted once written: a step whose write failed is redone, not counted twice.
+            self.metrics.rollout_step(status.rollout, plan.rollout, now)
+        self.metrics.set_phase(f"{namespace}/{name}", plan.phase)
         for event in plan.events:
             self._event(body, event)
         settled = plan.rollout.phase in ("Complete", "Failed") and written == 0

@@ -13,6 +13,8 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelcache.operator.kubeclient import kube_configuration
+from modelcache.operator.metrics import OperatorMetrics
+from modelcache.serving import start_metrics_server
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +44,16 @@ def run_operator(
     priority: int | None = None,
     peering_lifetime: int = 60,
     liveness: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped by Prometheus from outside the pod
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
 ) -> None:
     """Block until stopped. `peering=None` runs standalone (a single replica, no election).
 
     `priority=None` draws one at random: kopf pauses all replicas that share the highest
-    priority, so two replicas started alike (a Deployment) must not tie."""
+    priority, so two replicas started alike (a Deployment) must not tie. `metrics_port`:
+    serve Prometheus metrics there (None: none), on the agents' bounded server."""
     import modelcache.operator.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     if kubeconfig is not None:
@@ -59,16 +64,29 @@ def run_operator(
         log.info("peering %r, priority %d, lifetime %ds", peering, priority, peering_lifetime)
         with client.ApiClient(kube_configuration(os.environ.get("KUBECONFIG"))) as api:
             ensure_peering(api, peering)
-    memo = kopf.Memo(kubeconfig=os.environ.get("KUBECONFIG"), peering_lifetime=peering_lifetime)
-    asyncio.run(
-        kopf.operator(
-            clusterwide=True,
-            standalone=peering is None,
-            peering_name=peering,
-            priority=priority,
-            liveness_endpoint=liveness,
-            memo=memo,
-            stop_flag=stop,
-            ready_flag=ready,
-        )
+    metrics = OperatorMetrics()
+    memo = kopf.Memo(
+        kubeconfig=os.environ.get("KUBECONFIG"),
+        peering_lifetime=peering_lifetime,
+        metrics=metrics,
     )
+    server = None
+    if metrics_port is not None:
+        server = start_metrics_server(metrics_port, metrics_host, metrics.registry)
+        log.info("metrics on http://%s:%d/metrics", metrics_host, server.server_port)
+    try:
+        asyncio.run(
+            kopf.operator(
+                clusterwide=True,
+                standalone=peering is None,
+                peering_name=peering,
+                priority=priority,
+                liveness_endpoint=liveness,
+                memo=memo,
+                stop_flag=stop,
+                ready_flag=ready,
+            )
+        )
+    finally:
+        if server is not None:
+            server.stop()

@@ -3,7 +3,7 @@ and agents: v1 everywhere, v2 canary first then waves, a rollback with no downlo
 
 Everything asserted comes from what the cluster and the pods report: the ModelVersion's
 status, the NodeCaches, each studio pod's own /healthz and /generate over its pod IP,
-and each agent pod's /metrics.
+and each agent pod's and operator pod's /metrics.
 """
 
 from __future__ import annotations
@@ -149,6 +149,32 @@ def downloaded_bytes(api: client.ApiClient, namespace: str) -> dict[str, float]:
     return totals
 
 
+def operator_phases(api: client.ApiClient, namespace: str) -> list[dict[str, float]]:
+    """Each operator replica's phase series for the studio ModelVersion, from its pod's
+    own /metrics: phase -> value (none: the replica does not report it)."""
+    reports = []
+    for pod in pods(api, namespace, "app.kubernetes.io/component=operator"):
+        text = pod_http(api, pod, 9470, "metrics")
+        reports.append(
+            {
+                sample.labels["phase"]: sample.value
+                for family in text_string_to_metric_families(text)
+                if family.name == "modelcache_modelversion_phase"
+                for sample in family.samples
+                if sample.labels.get("model") == f"{NAMESPACE}/{NAME}"
+            }
+        )
+    return reports
+
+
+def reported_by_the_leader_alone(api: client.ApiClient, namespace: str, phase: str) -> bool:
+    """Of the chart's two operator replicas, the leader reports `phase` and the standby
+    nothing."""
+    reports = operator_phases(api, namespace)
+    leaders = [r for r in reports if r]
+    return len(reports) == 2 and len(leaders) == 1 and leaders[0].get(phase) == 1
+
+
 def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
@@ -207,3 +233,10 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     for node, pod in studio_pods(cluster_api).items():
         assert generated(cluster_api, pod)["image_sha256"] == studio.digest("v1"), node
     assert downloaded_bytes(cluster_api, modelcache_release.namespace) == before
+    eventually(
+        lambda: reported_by_the_leader_alone(
+            cluster_api, modelcache_release.namespace, "Available"
+        ),
+        "the operator's leader alone reporting the ModelVersion Available on /metrics",
+        60,
+    )

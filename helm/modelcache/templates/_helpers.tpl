@@ -23,6 +23,10 @@ app.kubernetes.io/component: operator
 {{- define "modelcache.agentMatchers" -}}
 {{- .Values.monitoring.prometheusRule.agentSelector | default (printf "job=%q" (printf "%s/%s-agent" .Release.Namespace .Release.Name)) -}}
 {{- end -}}
+{{/* The PromQL matchers of the operator's series: its PodMonitor's job unless set. */}}
+{{- define "modelcache.operatorMatchers" -}}
+{{- .Values.monitoring.prometheusRule.operatorSelector | default (printf "job=%q" (printf "%s/%s-operator" .Release.Namespace .Release.Name)) -}}
+{{- end -}}
 {{/* The chart's labels, the component's, then the user's own on top (dict: ctx, component, extra). */}}
 {{- define "modelcache.mergedLabels" -}}
 {{- $chart := include "modelcache.labels" .ctx | fromYaml -}}

@@ -139,6 +139,14 @@ def one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     return found[0]
 
 
+def named(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    """The one `kind` object called `name` (the chart renders two PodMonitors and two
+    NetworkPolicies: the agents' and the operator's)."""
+    found = [o for o in by_kind(objects, kind) if o["metadata"]["name"] == name]
+    assert len(found) == 1, f"{len(found)} {kind} objects named {name}, expected one"
+    return found[0]
+
+
 def module_dir(module: str) -> Path:
     """Where the Go module `module` ("path@version") lies, fetched from the Go module proxy
     into the toolchain's module cache (a second run reads the cache)."""

@@ -1,6 +1,8 @@
-"""Every series the chart's alerts and dashboard query is one a real agent exports, with the
-label values they match on: checked against a scrape of an agent's /metrics after it has
-pulled, flipped, called a reload that failed, and met a corrupt file in L3."""
+"""Every series the chart's alerts and dashboard query is one a real agent or the real
+operator exports, with the label values they match on: checked against a scrape of an
+agent's /metrics after it has pulled, flipped, called a reload that failed, and met a
+corrupt file in L3, and of the operator's after a rollout reached Available and another
+went Degraded on the test API server."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
 from modelcache.agent.events import read_events
@@ -24,6 +27,11 @@ from modelcache.testing import KubeControlPlane, Toolchain
 from modelcache.testing.ports import free_port
 from tests.integration.cli.support import make_model
 from tests.integration.deploy.chart import ALL_ON, Helm, one
+from tests.integration.operator.metrics_scenario import (
+    available_then_degraded,
+    nodes,
+    operator_with_metrics,
+)
 from tests.waiting import wait_for
 
 # Labels Prometheus adds to every scraped series (the target's), not the agent.
@@ -52,6 +60,13 @@ class Scrape:
         return any(
             n == name and all(got.get(k) == v for k, v in labels.items()) for n, got in self.series
         )
+
+    def __or__(self, other: Scrape) -> Scrape:
+        """Both scrapes' series and names, as one Prometheus holding both jobs sees them."""
+        both = Scrape("")
+        both.series = [*self.series, *other.series]
+        both.names = self.names | other.names
+        return both
 
 
 def selectors(expr: str) -> Iterator[tuple[str, dict[str, str]]]:
@@ -122,6 +137,25 @@ def agent_scrape(tmp_path_factory: pytest.TempPathFactory) -> Scrape:
 
 
 @pytest.fixture(scope="module")
+def operator_scrape(
+    kube: KubeControlPlane,
+    crds: client.CustomObjectsApi,
+    kube_client: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Scrape:
+    """`modelcache operator` on the test API server, once a ModelVersion's v1 reached
+    Available and its v2 failed on the canary and went Degraded (flipped back)."""
+    log = tmp_path_factory.mktemp("operator") / "operator.log"
+    with nodes(kube_client, crds) as fleet, operator_with_metrics(kube, log) as operator:
+        return Scrape(available_then_degraded(operator, crds, fleet).degraded.text)
+
+
+@pytest.fixture(scope="module")
+def exported(agent_scrape: Scrape, operator_scrape: Scrape) -> Scrape:
+    return agent_scrape | operator_scrape
+
+
+@pytest.fixture(scope="module")
 def queries(toolchain: Toolchain, kube: KubeControlPlane) -> dict[str, str]:
     """Every PromQL expression of the chart: the alerts' and the dashboard's, by where."""
     helm = Helm(toolchain, kube)
@@ -141,28 +175,28 @@ def queries(toolchain: Toolchain, kube: KubeControlPlane) -> dict[str, str]:
     return found
 
 
-def test_every_query_names_only_series_the_agent_exports(
-    agent_scrape: Scrape, queries: dict[str, str]
+def test_every_query_names_only_series_the_components_export(
+    exported: Scrape, queries: dict[str, str]
 ) -> None:
     problems = []
     for where, expr in queries.items():
         named = list(selectors(expr))
         assert named or "label_values(" in expr, f"{where}: no series in {expr!r}"
         for name in re.findall(r"\bmodelcache_\w+", expr):
-            if name not in agent_scrape.names:
+            if name not in exported.names:
                 problems.append(f"{where}: {name} is not exported")
         for name, labels in named:
             if name in PROMETHEUS_OWN:
                 continue
             if not name.startswith("modelcache_"):
                 problems.append(f"{where}: {name} is not a modelcache metric")
-            elif labels and not agent_scrape.has(name, labels):
+            elif labels and not exported.has(name, labels):
                 problems.append(f"{where}: no {name} series has {labels}")
     assert not problems, "\n".join(problems)
 
 
-def test_the_scrape_saw_what_the_alerts_are_about(agent_scrape: Scrape) -> None:
-    """The scenario produced each series the label check relies on (else it checks nothing)."""
+def test_the_scrapes_saw_what_the_alerts_are_about(exported: Scrape) -> None:
+    """The scenarios produced each series the label check relies on (else it checks nothing)."""
     for name, labels in (
         ("modelcache_tier_requests_total", {"tier": "L2", "result": "miss"}),
         ("modelcache_errors_total", {"operation": "pull"}),
@@ -170,8 +204,11 @@ def test_the_scrape_saw_what_the_alerts_are_about(agent_scrape: Scrape) -> None:
         ("modelcache_reloads_total", {"model": "studio/base", "result": "failed"}),
         ("modelcache_disk_bytes", {"kind": "free"}),
         ("modelcache_live_version", {"model": "studio/base", "version": "v1"}),
+        ("modelcache_modelversion_phase", {"phase": "Degraded"}),
+        ("modelcache_rollouts_ended_total", {"result": "reverted"}),
+        ("modelcache_rollout_duration_seconds_bucket", {"result": "completed"}),
     ):
-        assert agent_scrape.has(name, labels), (name, labels)
+        assert exported.has(name, labels), (name, labels)
 
 
 def test_the_selector_reader_sees_names_and_matchers() -> None:

@@ -23,6 +23,7 @@ from tests.integration.deploy.chart import (
     Helm,
     by_kind,
     install_monitoring_crds,
+    named,
     one,
 )
 from tests.integration.docs.snippets import all_blocks
@@ -35,7 +36,9 @@ ALERTS = {
     "ModelcacheDiskAboveHighWatermark",
     "ModelcacheAgentDown",
     "ModelcacheReloadsFailing",
+    "ModelcacheRolloutDegraded",
 }
+OPERATOR_ALERTS = {"ModelcacheRolloutDegraded"}
 GPU_TAINT = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 
 
@@ -57,6 +60,11 @@ def fresh_namespace(kube_client: Any, prefix: str) -> str:
 
 def agent_pod_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
     labels: dict[str, str] = one(objects, "DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def operator_pod_labels(objects: list[dict[str, Any]]) -> dict[str, str]:
+    labels: dict[str, str] = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
     return labels
 
 
@@ -115,7 +123,7 @@ def test_the_pod_monitor_scrapes_the_agents_metrics_port_with_the_release_label(
     helm: Helm,
 ) -> None:
     objects = helm.template("mc", "modelcache-system", *ALL_ON, "--set=agent.metricsPort=9500")
-    monitor = one(objects, "PodMonitor")
+    monitor = named(objects, "PodMonitor", "mc-agent")
 
     assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert monitor["metadata"]["labels"]["app.kubernetes.io/instance"] == "mc"
@@ -132,14 +140,40 @@ def test_the_pod_monitor_scrapes_the_agents_metrics_port_with_the_release_label(
     assert relabel["targetLabel"] == "node"
 
 
+def test_a_second_pod_monitor_scrapes_every_operator_replicas_metrics_port(helm: Helm) -> None:
+    objects = helm.template("mc", "modelcache-system", *ALL_ON, "--set=operator.metricsPort=9555")
+    monitor = named(objects, "PodMonitor", "mc-operator")
+
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= (
+        operator_pod_labels(objects).items()
+    )
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= (
+        agent_pod_labels(objects).items()
+    ), "the agents have their own job"
+    endpoint = monitor["spec"]["podMetricsEndpoints"][0]
+    container = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports[endpoint["port"]] == 9555
+    assert "--metrics-port=9555" in container["args"]
+    assert endpoint["path"] == "/metrics"
+
+    ran = helm.run("template", "mc", str(CHART), "--set=operator.metricsPort=0")
+    assert ran.returncode != 0
+    assert "/operator/metricsPort" in ran.stderr
+
+
 def test_the_rules_select_the_pod_monitors_job_and_carry_the_labels_asked_for(
     helm: Helm,
 ) -> None:
     objects = helm.template("mc", "modelcache-system", *ALL_ON)
     rule = one(objects, "PrometheusRule")
-    monitor = one(objects, "PodMonitor")
     # The Prometheus Operator names a PodMonitor's job "<namespace>/<name>".
-    job = f'job="modelcache-system/{monitor["metadata"]["name"]}"'
+    monitors = {part: named(objects, "PodMonitor", f"mc-{part}") for part in ("agent", "operator")}
+    jobs = {
+        part: f'job="modelcache-system/{monitor["metadata"]["name"]}"'
+        for part, monitor in monitors.items()
+    }
 
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     alerts = [r for group in rule["spec"]["groups"] for r in group["rules"]]
@@ -150,8 +184,9 @@ def test_the_rules_select_the_pod_monitors_job_and_carry_the_labels_asked_for(
         assert alert["annotations"]["description"]
         selectors = re.findall(r"\w+\{[^}]*\}", alert["expr"])
         assert selectors, alert["expr"]
+        part = "operator" if alert["alert"] in OPERATOR_ALERTS else "agent"
         for selector in selectors:
-            assert job in selector, f"{alert['alert']}: {selector} is not the agents' job"
+            assert jobs[part] in selector, f"{alert['alert']}: {selector} is not the {part}'s job"
     l3 = next(a for a in alerts if a["alert"] == "ModelcacheL3ShareHigh")
     assert l3["for"] == "5m"
     assert l3["expr"].rstrip().endswith("> 0.01"), "the case's alert: above 1% for 5 minutes"
@@ -166,6 +201,8 @@ def test_the_rules_follow_their_values(helm: Helm) -> None:
         "--set-json=monitoring.prometheusRule.l3ShareThreshold=0.05",
         "--set=monitoring.prometheusRule.l3ShareFor=15m",
         '--set=monitoring.prometheusRule.agentSelector=job="kubernetes-pods"\\,app="agent"',
+        '--set=monitoring.prometheusRule.operatorSelector=job="kubernetes-pods"\\,app="operator"',
+        "--set=monitoring.prometheusRule.rolloutDegradedFor=15m",
     )
     alerts = {
         r["alert"]: r for g in one(objects, "PrometheusRule")["spec"]["groups"] for r in g["rules"]
@@ -175,6 +212,9 @@ def test_the_rules_follow_their_values(helm: Helm) -> None:
     assert l3["expr"].rstrip().endswith("> 0.05")
     assert "More than 5% " in l3["annotations"]["summary"]
     assert 'up{job="kubernetes-pods",app="agent"} == 0' in alerts["ModelcacheAgentDown"]["expr"]
+    degraded = alerts["ModelcacheRolloutDegraded"]
+    assert degraded["for"] == "15m"
+    assert '{job="kubernetes-pods",app="operator",phase="Degraded"}' in degraded["expr"]
 
 
 def test_the_dashboard_carries_the_sidecars_label_and_a_grafana_dashboard(helm: Helm) -> None:
@@ -206,7 +246,7 @@ def test_the_dashboard_carries_the_sidecars_label_and_a_grafana_dashboard(helm: 
 
 def test_the_network_policy_admits_only_the_scraper_to_the_metrics_port(helm: Helm) -> None:
     objects = helm.template("mc", "modelcache-system", "--set=networkPolicy.enabled=true")
-    policy = one(objects, "NetworkPolicy")["spec"]
+    policy = named(objects, "NetworkPolicy", "mc-agent")["spec"]
     assert policy["podSelector"]["matchLabels"].items() <= agent_pod_labels(objects).items()
     assert policy["policyTypes"] == ["Ingress"], "egress (API server, L3, reloads) untouched"
     rule, peers = policy["ingress"]
@@ -231,10 +271,27 @@ def test_the_network_policy_admits_only_the_scraper_to_the_metrics_port(helm: He
         "--set-json=networkPolicy.metricsFrom=" + json.dumps(scraper),
         "--set=agent.peers.enabled=false",
     )
-    [rule] = one(objects, "NetworkPolicy")["spec"]["ingress"]
+    [rule] = named(objects, "NetworkPolicy", "mc-agent")["spec"]["ingress"]
     assert rule == {"from": scraper, "ports": [{"protocol": "TCP", "port": 9500}]}, (
         "a value replaces the default peers, it is not merged into them"
     )
+
+
+def test_the_operators_network_policy_admits_only_the_scraper_to_its_metrics_port(
+    helm: Helm,
+) -> None:
+    scraper = [{"namespaceSelector": {"matchLabels": {"team": "observability"}}}]
+    objects = helm.template(
+        "mc",
+        "modelcache-system",
+        "--set=networkPolicy.enabled=true",
+        "--set=operator.metricsPort=9555",
+        "--set-json=networkPolicy.metricsFrom=" + json.dumps(scraper),
+    )
+    policy = named(objects, "NetworkPolicy", "mc-operator")["spec"]
+    assert policy["podSelector"]["matchLabels"].items() <= operator_pod_labels(objects).items()
+    assert policy["policyTypes"] == ["Ingress"], "egress (the API server) untouched"
+    assert policy["ingress"] == [{"from": scraper, "ports": [{"protocol": "TCP", "port": 9555}]}]
 
 
 def test_the_network_policy_refuses_an_empty_peer_list_which_would_admit_everyone(
@@ -262,7 +319,11 @@ def test_a_helm_install_with_monitoring_on_creates_the_monitoring_objects(
     assert installed.returncode == 0, installed.stderr
     try:
         custom = client.CustomObjectsApi(kube_client)
-        for plural, name in (("podmonitors", f"{release}-agent"), ("prometheusrules", release)):
+        for plural, name in (
+            ("podmonitors", f"{release}-agent"),
+            ("podmonitors", f"{release}-operator"),
+            ("prometheusrules", release),
+        ):
             stored = custom.get_namespaced_custom_object(
                 "monitoring.coreos.com", "v1", namespace, plural, name
             )
@@ -274,6 +335,10 @@ def test_a_helm_install_with_monitoring_on_creates_the_monitoring_objects(
             f"{release}-agent", namespace
         )
         assert policy.spec.ingress[0].ports[0].port == 9400
+        policy = client.NetworkingV1Api(kube_client).read_namespaced_network_policy(
+            f"{release}-operator", namespace
+        )
+        assert policy.spec.ingress[0].ports[0].port == 9470
         budget = client.PolicyV1Api(kube_client).read_namespaced_pod_disruption_budget(
             f"{release}-operator", namespace
         )
