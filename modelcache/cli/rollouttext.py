@@ -64,7 +64,7 @@ def bytes_line(view: RolloutView) -> str | None:
     if share is None:
         return None
     return (
-        f"  bytes of {view.target}: {human_bytes(view.bytes_done)}, "
+        f"  bytes of {view.target} pulled: {human_bytes(view.pulled)}, "
         f"from L3 {human_bytes(view.bytes_from_l3)} ({share * 100:.0f}%), "
         f"from peers {human_bytes(view.bytes_from_peers)}"
     )

@@ -8,7 +8,7 @@ status gives what its node holds, serves and is pulling (docs/operator.md).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from modelcache.api import (
@@ -32,8 +32,12 @@ class NodeRow:
     active: str | None  # the version its `current` points at
     serving: bool  # active is the target and every selected pod acknowledged it
     state: str  # the target's state on this node: Pending, Pulling, Cached, Failed
-    bytes_done: int
+    bytes_done: int  # of the target, on this node's disk
     bytes_total: int
+    # Where the pulled bytes came from, known only while a pull runs (a cached version's
+    # report carries its size alone): `pulled` bytes seen, `bytes_from_peers` of them from
+    # the site's peers, the rest from L3.
+    pulled: int
     bytes_from_peers: int
     held: tuple[str, ...]  # versions it holds complete
     error: str | None  # why the rollout failed here, else the agent's last error
@@ -72,21 +76,22 @@ class RolloutView:
     problems: tuple[str, ...]  # conditions that report trouble, as one line each
 
     @property
-    def bytes_done(self) -> int:
-        return sum(n.bytes_done for n in self.nodes)
+    def pulled(self) -> int:
+        """Bytes of the target whose source is known (seen while pulling)."""
+        return sum(n.pulled for n in self.nodes)
 
     @property
     def bytes_from_peers(self) -> int:
-        return sum(min(n.bytes_from_peers, n.bytes_done) for n in self.nodes)
+        return sum(n.bytes_from_peers for n in self.nodes)
 
     @property
     def bytes_from_l3(self) -> int:
-        return self.bytes_done - self.bytes_from_peers
+        return self.pulled - self.bytes_from_peers
 
     @property
     def l3_share(self) -> float | None:
-        """The fraction of the target's bytes that came from L3; None before any arrived."""
-        return self.bytes_from_l3 / self.bytes_done if self.bytes_done else None
+        """The fraction of the pulled bytes that came from L3; None before any was seen."""
+        return self.bytes_from_l3 / self.pulled if self.pulled else None
 
     @property
     def outcome(self) -> Outcome | None:
@@ -97,6 +102,22 @@ class RolloutView:
         if self.phase in ("Available", "Degraded", "RolledBack"):
             return self.phase  # type: ignore[return-value]
         return None
+
+
+def carry_sources(before: RolloutView | None, now: RolloutView) -> RolloutView:
+    """`now`, with where each node's bytes came from as `before` saw it while the pull ran,
+    for nodes whose report no longer says (their pull finished): what `--watch` keeps
+    between two reads, so the L3 share outlives the pulls."""
+    if before is None or before.target != now.target:
+        return now
+    seen = {r.node: r for r in before.nodes if r.pulled}
+    rows = tuple(
+        replace(r, pulled=seen[r.node].pulled, bytes_from_peers=seen[r.node].bytes_from_peers)
+        if r.node in seen and r.pulled < seen[r.node].pulled
+        else r
+        for r in now.nodes
+    )
+    return replace(now, nodes=rows)
 
 
 def waves_of(
@@ -213,15 +234,19 @@ def _row(
         held = next((v for v in entry.versions if v.version == target), None)
     active = entry.active if entry else None
     reloaded = entry.reloaded_version if entry else None
+    state = held.state if held else "Pending"
+    total = held.bytes if held else 0
+    done = min(held.bytes_done, total) if held and total else 0
     return NodeRow(
         node=node,
         wave=wave,
         active=active,
         serving=active == target and reloaded == target,
-        state=held.state if held else "Pending",
-        bytes_done=held.bytes_done if held else 0,
-        bytes_total=held.bytes if held else 0,
-        bytes_from_peers=held.bytes_from_peers if held else 0,
+        state=state,
+        bytes_done=total if state == "Cached" else done,
+        bytes_total=total,
+        pulled=done,
+        bytes_from_peers=min(held.bytes_from_peers, done) if held else 0,
         held=tuple(v.version for v in entry.versions if v.state == "Cached") if entry else (),
         error=failure
         or (held.message if held and held.state == "Failed" else None)

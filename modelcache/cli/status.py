@@ -7,7 +7,7 @@ wires them to the terminal (a live table) or to plain lines (a pipe, a log, a te
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.live import Live
 
 from modelcache.cli.rollouttext import outcome_line, plain_lines, renderable
-from modelcache.cli.rolloutview import RolloutView, build_view
+from modelcache.cli.rolloutview import RolloutView, build_view, carry_sources
 
 if TYPE_CHECKING:
     from modelcache.cli.rolloutkube import Snapshot
@@ -70,9 +70,10 @@ def status(
             _show(console, _view(reader.read()))
             return
         deadline = None if timeout is None else time.monotonic() + timeout
-        snapshots = (_view(s) for s in follow(reader.read, interval=interval, deadline=deadline))
+        snapshots = follow(reader.read, interval=interval, deadline=deadline)
+        views = _views(snapshots)
         try:
-            view = _live(console, snapshots) if console.is_terminal else _lines(snapshots)
+            view = _live(console, views) if console.is_terminal else _lines(views)
         except TimeoutError:
             raise WatchTimeout(
                 f"ModelVersion {namespace}/{name} did not settle within {timeout:g}s"
@@ -84,6 +85,14 @@ def status(
 
 def _view(snapshot: Snapshot) -> RolloutView:
     return build_view(snapshot.model_version, snapshot.node_caches)
+
+
+def _views(snapshots: Iterable[Snapshot]) -> Iterator[RolloutView]:
+    """Each snapshot's view, keeping where finished pulls got their bytes from."""
+    view: RolloutView | None = None
+    for snapshot in snapshots:
+        view = carry_sources(view, _view(snapshot))
+        yield view
 
 
 def _show(console: Console, view: RolloutView) -> None:

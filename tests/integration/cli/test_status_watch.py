@@ -8,6 +8,7 @@ import contextlib
 import datetime as dt
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
@@ -86,14 +87,15 @@ class Agents:
         self.refuse: str | None = None  # a version the canary's pods refuse
 
     def held(self, node: str, version: str) -> dict[str, Any]:
-        peers = 0 if node == self.nodes[0] else MiB  # the first from L3, the rest from it
-        done = MiB // 2 if version == self.pulling else MiB
+        if version != self.pulling:  # as the agent reports a cached version: its size alone
+            return {"version": version, "state": "Cached", "bytes": MiB}
+        done = MiB // 2
         return {
             "version": version,
-            "state": "Pulling" if version == self.pulling else "Cached",
+            "state": "Pulling",
             "bytes": MiB,
             "bytesDone": done,
-            "bytesFromPeers": min(peers, done),
+            "bytesFromPeers": 0 if node == self.nodes[0] else done,  # the first from L3
         }
 
     def step(self) -> None:
@@ -204,8 +206,11 @@ def test_status_watch_follows_a_rollout_to_available_and_a_failed_one_to_degrade
     assert f"default/{name} v2: Prefetching, ready 0/3, stable v1" in text
     assert f"default/{name} v2: RollingOut (Canary, wave 1)" in text
     # One node pulled from L3, two from their peers: a third of the bytes came from L3.
-    assert "bytes of v2: 3.0 MiB, from L3 1.0 MiB (33%), from peers 2.0 MiB" in text
+    assert "bytes of v2 pulled: 1.5 MiB, from L3 512.0 KiB (33%), from peers 1.0 MiB" in text
     assert text.splitlines()[-1] == f"default/{name} v2: Available, 3/3 nodes serve it"
+    last_block = text[[*re.finditer(r"^\[\s*\d+s\] ", text, re.MULTILINE)][-1].start() :]
+    assert "v2: Available (Complete, wave 3), ready 3/3" in last_block
+    assert "from L3 512.0 KiB (33%)" in last_block, "the share outlives the pulls"
 
     # v3: the canary's pods refuse it, so the rollout stops and goes back to v2.
     agents.refuse = "v3"
