@@ -84,7 +84,8 @@ class Agents:
     def __init__(self, api: client.CustomObjectsApi, nodes: list[str], name: str) -> None:
         self.api, self.nodes, self.name = api, nodes, name
         self.pulling: str | None = None
-        self.refuse: str | None = None  # a version the canary's pods refuse
+        self.refuse: str | None = None  # a version the pods refuse
+        self.hold: str | None = None  # a version the pods have not acknowledged yet
 
     def held(self, node: str, version: str) -> dict[str, Any]:
         if version != self.pulling:  # as the agent reports a cached version: its size alone
@@ -121,7 +122,7 @@ class Agents:
                 "namespace": "default",
                 "name": self.name,
                 "active": active,
-                "reloadedVersion": None if refused else active,
+                "reloadedVersion": None if refused or active == self.hold else active,
                 "versions": [self.held(node, v) for v in wanted["versions"]],
                 "reloads": reloads,
             }
@@ -193,7 +194,12 @@ def test_status_watch_follows_a_rollout_to_available_and_a_failed_one_to_degrade
     try:
         until(lambda: " 50% 512.0 KiB/1.0 MiB" in output.text(), "v2 halfway", agents, operator)
         assert "pulling v2" in output.text()
-        agents.pulling = None
+        agents.pulling, agents.hold = None, "v2"  # and the canary's pods take their time
+        canary = f"default/{name} v2: RollingOut (Canary, wave 1), ready 0/3, stable v1"
+        until(lambda: canary in output.text(), "the canary shown", agents, operator)
+        reloading = f"{fleet[0]}  wave 1  active v2  reloading v2"
+        until(lambda: reloading in output.text(), "the canary reloading", agents, operator)
+        agents.hold = None
         until(lambda: output.process.poll() is not None, "status --watch exits", agents, operator)
     finally:
         output.process.kill()
@@ -204,7 +210,6 @@ def test_status_watch_follows_a_rollout_to_available_and_a_failed_one_to_degrade
     assert f"wave 2: {fleet[1]}: done" in text
     assert f"wave 3: {fleet[2]}: done" in text
     assert f"default/{name} v2: Prefetching, ready 0/3, stable v1" in text
-    assert f"default/{name} v2: RollingOut (Canary, wave 1)" in text
     # One node pulled from L3, two from their peers: a third of the bytes came from L3.
     assert "bytes of v2 pulled: 1.5 MiB, from L3 512.0 KiB (33%), from peers 1.0 MiB" in text
     assert text.splitlines()[-1] == f"default/{name} v2: Available, 3/3 nodes serve it"
