@@ -17,7 +17,6 @@ from modelcache.api import (
     ModelVersionStatus,
     NodeCacheStatus,
     NodeModelStatus,
-    RolloutState,
 )
 
 Outcome = Literal["Available", "Degraded", "RolledBack"]
@@ -163,7 +162,7 @@ def build_view(
         _row(n, spec.version, entries.get(n), wave_of.get(n), failed.get(n)) for n in nodes
     )
     serving = {r.node for r in rows if r.serving}
-    canary_first = _canary_first(cut, spec, rollout, len(nodes))
+    canary_first = _canary_first(cut, spec, status)
     waves = tuple(
         Wave(
             number=i + 1,
@@ -196,16 +195,18 @@ def build_view(
 
 
 def _canary_first(
-    cut: Sequence[tuple[str, ...]], spec: ModelVersionSpec, rollout: RolloutState | None, nodes: int
+    cut: Sequence[tuple[str, ...]], spec: ModelVersionSpec, status: ModelVersionStatus
 ) -> bool:
-    """Whether the first wave was a canary: a rollout with a stable version before it flips
-    a canary first unless it is a rollback, which flips every node at once."""
+    """Whether the first wave was a canary (operator/planner.py): a rollout from a stable
+    version flips a canary first, unless it goes back to a version live before (a
+    rollback), which flips every node at once, as does a first rollout."""
+    rollout = status.rollout
     if rollout is None or not cut or spec.rollout.canary == 0 or rollout.stable is None:
         return False
-    if len(cut) > 1 or rollout.phase == "Canary":
-        return True
-    size = min(spec.rollout.canary, spec.rollout.max_unavailable_count(nodes))
-    return len(cut[0]) <= size < nodes
+    before = [h.version for h in status.history]
+    if rollout.phase == "Complete" and before and before[-1] == rollout.target:
+        before = before[:-1]  # its own entry, written when it completed
+    return rollout.target not in before
 
 
 def _entries(
