@@ -41,7 +41,7 @@ class Snapshot:
         return (rv(self.model_version), *sorted(rv(c) for c in self.node_caches))
 
 
-def _json(response: Any, cap: int, what: str) -> dict[str, Any]:
+def capped_json(response: Any, cap: int, what: str) -> dict[str, Any]:
     data: bytes = response.data
     if len(data) > cap:
         raise ValueError(f"{what}: the API server answered {len(data)} bytes, over {cap}")
@@ -73,13 +73,13 @@ class RolloutReader:
             if error.status == 404:
                 raise NotFound(f"ModelVersion {self.namespace}/{self.name} not found") from None
             raise
-        body = _json(
+        body = capped_json(
             response, MODEL_VERSION_MAX_BYTES, f"ModelVersion {self.namespace}/{self.name}"
         )
         listed = self.custom.list_cluster_custom_object(
             GROUP, VERSION, NODE_CACHES, _preload_content=False, _request_timeout=30
         )
-        caches = _json(listed, NODE_CACHES_MAX_BYTES, "NodeCaches").get("items") or []
+        caches = capped_json(listed, NODE_CACHES_MAX_BYTES, "NodeCaches").get("items") or []
         return Snapshot(body, [c for c in caches if isinstance(c, dict)])
 
 
