@@ -17,12 +17,12 @@ BAR_WIDTH = 20
 
 
 def headline(view: RolloutView) -> str:
-    """`studio/sdxl v2: RollingOut (Waves, wave 2 of 2), ready 1/2, stable v1`."""
+    """`studio/sdxl v2: RollingOut (Waves, wave 2), ready 1/2, from v1`."""
     where = [view.step] if view.step and view.step != view.phase else []
     if view.waves:
         where.append(f"wave {len(view.waves)}")
     detail = f" ({', '.join(where)})" if where else ""
-    stable = f", stable {view.stable}" if view.stable and view.stable != view.target else ""
+    stable = f", from {view.stable}" if view.stable and view.stable != view.target else ""
     waiting = "" if view.observed else ", the operator has not seen this spec yet"
     return (
         f"{view.namespace}/{view.name} {view.target}: {view.phase}{detail}, "
@@ -106,7 +106,7 @@ def outcome_line(view: RolloutView) -> str:
     if view.outcome is None:
         return f"{who}: not settled ({view.phase})"
     why = "; ".join(f"{n}: {r}" for n, r in view.failures) or "; ".join(view.problems)
-    back = f", back on {view.stable}" if view.stable else ""
+    back = f", back on {view.stable}" if view.stable and view.step == "Failed" else ""
     return f"{who}: {view.outcome}{back}" + (f" ({why})" if why else "")
 
 

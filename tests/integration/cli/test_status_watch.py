@@ -195,7 +195,7 @@ def test_status_watch_follows_a_rollout_to_available_and_a_failed_one_to_degrade
         until(lambda: " 50% 512.0 KiB/1.0 MiB" in output.text(), "v2 halfway", agents, operator)
         assert "pulling v2" in output.text()
         agents.pulling, agents.hold = None, "v2"  # and the canary's pods take their time
-        canary = f"default/{name} v2: RollingOut (Canary, wave 1), ready 0/3, stable v1"
+        canary = f"default/{name} v2: RollingOut (Canary, wave 1), ready 0/3, from v1"
         until(lambda: canary in output.text(), "the canary shown", agents, operator)
         reloading = f"{fleet[0]}  wave 1  active v2  reloading v2"
         until(lambda: reloading in output.text(), "the canary reloading", agents, operator)
@@ -209,13 +209,37 @@ def test_status_watch_follows_a_rollout_to_available_and_a_failed_one_to_degrade
     assert f"wave 1 (canary): {fleet[0]}: done" in text
     assert f"wave 2: {fleet[1]}: done" in text
     assert f"wave 3: {fleet[2]}: done" in text
-    assert f"default/{name} v2: Prefetching, ready 0/3, stable v1" in text
+    assert f"default/{name} v2: Prefetching, ready 0/3, from v1" in text
     # One node pulled from L3, two from their peers: a third of the bytes came from L3.
     assert "bytes of v2 pulled: 1.5 MiB, from L3 512.0 KiB (33%), from peers 1.0 MiB" in text
     assert text.splitlines()[-1] == f"default/{name} v2: Available, 3/3 nodes serve it"
     last_block = text[[*re.finditer(r"^\[\s*\d+s\] ", text, re.MULTILINE)][-1].start() :]
     assert "v2: Available (Complete, wave 3), ready 3/3" in last_block
     assert "from L3 512.0 KiB (33%)" in last_block, "the share outlives the pulls"
+
+    # Without --watch: one view, then done, whatever the phase.
+    kubeconfig = ["--kubeconfig", str(kube.kubeconfig)]
+    once = subprocess.run(
+        [sys.executable, "-m", "modelcache", "status", name, *kubeconfig],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert once.returncode == 0, once.stderr
+    assert once.stdout.splitlines()[0] == (
+        f"default/{name} v2: Available (Complete, wave 3), ready 3/3, from v1"
+    )
+    assert sum("active v2  serving v2" in line for line in once.stdout.splitlines()) == 3
+    missing = subprocess.run(
+        [sys.executable, "-m", "modelcache", "status", "nothing-here", "--watch", *kubeconfig],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "error: ModelVersion default/nothing-here not found"
 
     # v3: the canary's pods refuse it, so the rollout stops and goes back to v2.
     agents.refuse = "v3"

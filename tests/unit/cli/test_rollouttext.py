@@ -84,7 +84,7 @@ def test_each_node_says_what_it_does_for_the_rollout() -> None:
 
 def test_the_lines_show_waves_nodes_bars_and_the_share() -> None:
     lines = plain_lines(view())
-    assert lines[0] == "studio/sdxl v2: RollingOut (Waves, wave 2), ready 1/2, stable v1"
+    assert lines[0] == "studio/sdxl v2: RollingOut (Waves, wave 2), ready 1/2, from v1"
     assert lines[1:3] == ["  wave 1 (canary): a: done", "  wave 2: b: in progress"]
     assert lines[3].startswith("  a  wave 1  active v2  serving v2  [" + "#" * BAR_WIDTH + "] 100%")
     assert lines[4] == (
@@ -104,9 +104,14 @@ def test_the_last_line_says_where_it_settled_and_why() -> None:
     assert outcome_line(view(phase="Available", ready="2/2")) == (
         "studio/sdxl v2: Available, 2/2 nodes serve it"
     )
-    degraded = view(phase="Degraded", failures=(("b", "reload failed: rank 16"),))
-    assert outcome_line(degraded) == (
+    failures = (("b", "reload failed: rank 16"),)
+    reverted = view(phase="Degraded", step="Failed", failures=failures)
+    assert outcome_line(reverted) == (
         "studio/sdxl v2: Degraded, back on v1 (b: reload failed: rank 16)"
+    )
+    within_threshold = view(phase="Degraded", step="Complete", failures=failures)
+    assert outcome_line(within_threshold) == (
+        "studio/sdxl v2: Degraded (b: reload failed: rank 16)"
     )
     assert outcome_line(view()) == "studio/sdxl v2: not settled (RollingOut)"
 
