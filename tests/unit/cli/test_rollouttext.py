@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
+from modelcache.cli import status as status_command
 from modelcache.cli.rolloutkube import MODEL_VERSION_MAX_BYTES, Snapshot, capped_json, follow
 from modelcache.cli.rollouttext import (
     BAR_WIDTH,
@@ -165,3 +166,22 @@ def test_an_answer_over_its_cap_is_refused_before_parsing() -> None:
     with pytest.raises(ValueError, match="not a JSON object"):
         capped_json(Answer(b"[]"), MODEL_VERSION_MAX_BYTES, "mv")
     assert capped_json(Answer(b'{"a": 1}'), MODEL_VERSION_MAX_BYTES, "mv") == {"a": 1}
+
+
+def test_a_terminal_watch_redraws_until_the_rollout_settles() -> None:
+    out = io.StringIO()
+    console = Console(file=out, width=160, force_terminal=True, color_system=None)
+    views = iter([view(), view(phase="Available", ready="2/2"), view(phase="Degraded")])
+    settled = status_command._live(console, views)
+    assert settled.phase == "Available"
+    assert next(views).phase == "Degraded", "nothing read past the settled view"
+    assert "ready 2/2" in out.getvalue()
+
+
+def test_a_piped_watch_prints_a_block_per_change(capsys: pytest.CaptureFixture[str]) -> None:
+    views = iter([view(), view(), view(ready="2/2", phase="Available")])
+    assert status_command._lines(views).phase == "Available"
+    blocks = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[")]
+    assert len(blocks) == 2, "the same view twice is printed once"
+    assert blocks[0].endswith("studio/sdxl v2: RollingOut (Waves, wave 2), ready 1/2, from v1")
+    assert blocks[1].endswith("studio/sdxl v2: Available (Waves, wave 2), ready 2/2, from v1")
