@@ -217,8 +217,8 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     text, last = watched(status, tmp_path / "status-v2.log")
     names = [n.name for n in e2e_cluster.nodes]  # the planner's order: sorted
     assert "RollingOut" in text or "Prefetching" in text, f"no rollout seen in progress:\n{text}"
-    assert f"wave 1 (canary): {names[0]}: done" in last, text
-    assert f"wave 2: {', '.join(names[1:])}: done" in last, text
+    assert f"  wave 1 (canary): {names[0]}: done" in last, text
+    assert f"  wave 2: {', '.join(names[1:])}: done" in last, text
     for node in names:
         assert any(line.split()[:1] == [node] and "serving v2" in line for line in last), text
     assert last[-1] == f"{NAMESPACE}/{NAME} v2: Available, {nodes}/{nodes} nodes serve it", text
@@ -248,7 +248,7 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     status = watch_status(e2e_cluster, tmp_path / "status-rollback.log")
     eventually(lambda: settled_on(cluster_api, "v1", nodes), "READY on v1 again", 120)
     text, last = watched(status, tmp_path / "status-rollback.log")
-    assert f"wave 1: {', '.join(names)}: done" in last, f"a rollback flips all at once:\n{text}"
+    assert f"  wave 1: {', '.join(names)}: done" in last, f"a rollback flips all at once:\n{text}"
     assert last[-1] == f"{NAMESPACE}/{NAME} v1: Available, {nodes}/{nodes} nodes serve it", text
     eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod back on v1", 60)
     for node, pod in studio_pods(cluster_api).items():
