@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from modelcache import __version__
-from modelcache.cli import agent, cache, dev, operator
+from modelcache.cli import agent, cache, dev, operator, status
 from modelcache.cli.errors import print_exception, report_error
 
 app = typer.Typer(
@@ -21,6 +21,7 @@ app = typer.Typer(
 cache.register(app)
 agent.register(app)
 operator.register(app)
+status.register(app)
 app.add_typer(dev.app, name="dev")
 
 

@@ -8,6 +8,8 @@ and each agent pod's and operator pod's /metrics.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -175,11 +177,43 @@ def reported_by_the_leader_alone(api: client.ApiClient, namespace: str, phase: s
     return len(reports) == 2 and len(leaders) == 1 and leaders[0].get(phase) == 1
 
 
+def watch_status(cluster: Cluster, log: Path) -> subprocess.Popen[str]:
+    """`modelcache status --watch` on the example's ModelVersion, its output to `log` (a
+    file, not a pipe nobody reads while the test waits)."""
+    args = ["status", NAME, "-n", NAMESPACE, "--watch", "--interval", "0.2", "--timeout", "400"]
+    with log.open("w") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelcache", *args, "--kubeconfig", str(cluster.kubeconfig)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+
+def watched(process: subprocess.Popen[str], log: Path) -> tuple[str, list[str]]:
+    """The whole output of a `status --watch` that should have ended, and its last block
+    (the view it settled on, then the outcome line)."""
+    try:
+        process.wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        raise AssertionError(f"status --watch did not end:\n{log.read_text()}") from None
+    text = log.read_text()
+    assert process.returncode == 0, text
+    lines = text.splitlines()
+    heads = [i for i, line in enumerate(lines) if re.match(r"^\[\s*\d+s\] ", line)]
+    assert heads, text
+    return text, lines[heads[-1] :]
+
+
 def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
     modelcache_release: Release,
     studio: References,
+    tmp_path: Path,
 ) -> None:
     nodes = len(e2e_cluster.nodes)
     eventually(lambda: settled_on(cluster_api, "v1", nodes), f"READY {nodes}/{nodes} on v1", 300)
@@ -204,7 +238,16 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     e2e_cluster.kubectl(
         "patch", "mv", NAME, "-n", NAMESPACE, "--type=merge", "-p", '{"spec":{"version":"v2"}}'
     )
+    status = watch_status(e2e_cluster, tmp_path / "status-v2.log")
     eventually(lambda: settled_on(cluster_api, "v2", nodes), f"READY {nodes}/{nodes} on v2", 300)
+    text, last = watched(status, tmp_path / "status-v2.log")
+    names = [n.name for n in e2e_cluster.nodes]  # the planner's order: sorted
+    assert "RollingOut" in text or "Prefetching" in text, f"no rollout seen in progress:\n{text}"
+    assert f"  wave 1 (canary): {names[0]}: done" in last, text
+    assert f"  wave 2: {', '.join(names[1:])}: done" in last, text
+    for node in names:
+        assert any(line.split()[:1] == [node] and "serving v2" in line for line in last), text
+    assert last[-1] == f"{NAMESPACE}/{NAME} v2: Available, {nodes}/{nodes} nodes serve it", text
     eventually(lambda: all_live(cluster_api, "v2", nodes), "every studio pod on v2", 120)
     states = recorder.stop()
     flipped = [sum(1 for m in s.values() if m["active"] == "v2") for s in states]
@@ -228,7 +271,11 @@ def test_studio_pods_roll_out_v2_canary_first_and_roll_back_without_download(
     )
     assert rollback.returncode == 0, rollback.stderr
     assert "v2 -> v1" in rollback.stdout
+    status = watch_status(e2e_cluster, tmp_path / "status-rollback.log")
     eventually(lambda: settled_on(cluster_api, "v1", nodes), "READY on v1 again", 120)
+    text, last = watched(status, tmp_path / "status-rollback.log")
+    assert f"  wave 1: {', '.join(names)}: done" in last, f"a rollback flips all at once:\n{text}"
+    assert last[-1] == f"{NAMESPACE}/{NAME} v1: Available, {nodes}/{nodes} nodes serve it", text
     eventually(lambda: all_live(cluster_api, "v1", nodes), "every studio pod back on v1", 60)
     for node, pod in studio_pods(cluster_api).items():
         assert generated(cluster_api, pod)["image_sha256"] == studio.digest("v1"), node
