@@ -31,9 +31,15 @@ from modelcache.testing.e2e import ClusterNode, E2ECluster
 from modelcache.testing.hostprep import cluster_unavailable
 from modelcache.testing.kind import KindCluster, kind_unavailable
 from modelcache.testing.objectstore import ObjectStore
+from tests.integration.deploy.chart import install_monitoring_crds
 
 CHART = Path(__file__).resolve().parents[2] / "helm" / "modelcache"
 NODES = 2
+MONITORING = (
+    "--set=monitoring.podMonitor.enabled=true",
+    "--set=monitoring.prometheusRule.enabled=true",
+    "--set=monitoring.dashboard.enabled=true",
+)
 ON_KIND = os.environ.get("MODELCACHE_E2E_CLUSTER", "kubelet") == "kind"
 Cluster = E2ECluster[ClusterNode]
 
@@ -219,11 +225,18 @@ def studio_namespace(
 
 @pytest.fixture(scope="session")
 def modelcache_release(
-    e2e_cluster: Cluster, studio_namespace: str, progress: Callable[[str], None]
+    e2e_cluster: Cluster,
+    cluster_api: client.ApiClient,
+    studio_namespace: str,
+    progress: Callable[[str], None],
 ) -> Iterator[Release]:
-    """helm install of helm/modelcache with the images built here, waited until Ready."""
+    """helm install of helm/modelcache with the images built here and monitoring on (the
+    Prometheus Operator's CRDs installed first, as kube-prometheus-stack brings them),
+    waited until Ready."""
     release = Release(name="mc", namespace="modelcache-system")
-    progress("helm install helm/modelcache (operator x2, agent DaemonSet)")
+    progress("Prometheus Operator CRDs (PodMonitor, PrometheusRule) for the chart's monitoring")
+    install_monitoring_crds(cluster_api, timeout=60)
+    progress("helm install helm/modelcache (operator x2, agent DaemonSet, monitoring)")
     started = time.monotonic()
     helm(
         e2e_cluster,
@@ -242,6 +255,7 @@ def modelcache_release(
         "agent.maxRate=8M",
         "--set-json",
         'agent.extraArgs=["--concurrency=2"]',
+        *MONITORING,
         "--wait",
         "--timeout=5m",
     )

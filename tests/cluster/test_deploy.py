@@ -118,6 +118,33 @@ def _publish(store: ObjectStore, bucket: str, directory: Path, version: str) -> 
     )
 
 
+def test_monitoring_on_creates_the_monitors_the_rules_and_the_dashboard(
+    cluster_api: client.ApiClient, modelcache_release: Release
+) -> None:
+    """With monitoring on, the objects kube-prometheus-stack and Grafana's sidecar pick up
+    exist on the cluster: a PodMonitor each for the agents and the operator, the
+    PrometheusRule with the case's alert, and the dashboard ConfigMap with its label."""
+    custom = client.CustomObjectsApi(cluster_api)
+    namespace, name = modelcache_release.namespace, modelcache_release.name
+    monitors = custom.list_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "podmonitors"
+    )["items"]
+    assert sorted(m["metadata"]["name"] for m in monitors) == [f"{name}-agent", f"{name}-operator"]
+    rules = custom.list_namespaced_custom_object(
+        "monitoring.coreos.com", "v1", namespace, "prometheusrules"
+    )["items"]
+    alerts = {r["alert"] for rule in rules for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"ModelcacheL3ShareHigh", "ModelcacheRolloutDegraded"} <= alerts, alerts
+    dashboards = (
+        client.CoreV1Api(cluster_api)
+        .list_namespaced_config_map(namespace, label_selector="grafana_dashboard=1")
+        .items
+    )
+    assert [d.metadata.name for d in dashboards] == [f"{name}-dashboard"]
+    (document,) = dashboards[0].data.values()
+    assert json.loads(document)["panels"], "a dashboard without panels"
+
+
 def test_model_version_lands_on_each_nodes_own_disk(
     e2e_cluster: Cluster,
     cluster_api: client.ApiClient,
