@@ -31,7 +31,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from modelcache.api.layout import DEFAULT_ROOT
-from modelcache.testing import hostnet, reaper
+from modelcache.testing import hostnet, kindhost, reaper
 from modelcache.testing.cache import cache_dir
 from modelcache.testing.containerd import BIG_IMAGE_BYTES, import_disk_need, unpacked_layer_digests
 from modelcache.testing.hostprep import ensure_host_packages
@@ -85,7 +85,11 @@ def undo_leftovers() -> list[str]:
         found = hostnet.leftovers(include_chains=KubeletCluster.started_here or None)
         if found:
             hostnet.undo_all(ours_chains=KubeletCluster.started_here)
-        return found
+        # A kind run's (KindCluster): its daemon, containers, bridge, mounts, sysctls.
+        kind = kindhost.leftovers(kindhost.data_root())
+        if kind or kindhost.LEDGER.exists():
+            kindhost.undo_all()
+        return found + kind
     finally:
         lock.release()
 
