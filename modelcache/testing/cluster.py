@@ -72,6 +72,12 @@ def cluster_lock() -> FileLock:
     return FileLock(str(cache_dir() / "cluster.lock"))
 
 
+def lock_wait() -> float:
+    """Seconds a new cluster waits for the lock: 5, or MODELCACHE_CLUSTER_LOCK_WAIT (a
+    machine shared by several runs queues them instead of failing the later one)."""
+    return float(os.environ.get("MODELCACHE_CLUSTER_LOCK_WAIT", "5"))
+
+
 def undo_leftovers() -> list[str]:
     """Undo what a dead cluster owner left on the machine; never touch a live cluster.
     Returns what was found before the undo (empty when the machine was clean)."""

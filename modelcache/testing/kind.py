@@ -34,7 +34,7 @@ from filelock import Timeout
 from modelcache.api.layout import DEFAULT_ROOT
 from modelcache.testing import kindhost, reaper
 from modelcache.testing.cache import cache_dir
-from modelcache.testing.cluster import cluster_lock
+from modelcache.testing.cluster import cluster_lock, lock_wait
 from modelcache.testing.containerd import BIG_IMAGE_BYTES, import_disk_need, unpacked_layer_digests
 from modelcache.testing.docker import DockerDaemon, DockerError
 from modelcache.testing.hostprep import ensure_host_packages, missing_packages
@@ -290,7 +290,7 @@ class KindCluster:
     # --- lifecycle ---------------------------------------------------------------------
     def start(self) -> KindCluster:
         try:
-            self._lock.acquire(timeout=5)
+            self._lock.acquire(timeout=lock_wait())
         except Timeout as error:
             raise KindError(
                 "another modelcache cluster runs on this machine (kubelet or kind)"

@@ -26,7 +26,7 @@ import pytest
 from filelock import Timeout
 
 from modelcache.testing import hostnet, kindhost
-from modelcache.testing.cluster import HOSTPATH, NODE_PRIVATE_DIRS, cluster_lock
+from modelcache.testing.cluster import HOSTPATH, NODE_PRIVATE_DIRS, cluster_lock, lock_wait
 from modelcache.testing.hostprep import cluster_unavailable
 from modelcache.testing.kind import kind_unavailable
 from tests.cluster.conftest import ON_KIND
@@ -84,7 +84,7 @@ def _require(reason: str | None) -> None:
         pytest.skip(reason)
     lock = cluster_lock()
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=lock_wait())
     except Timeout:
         pytest.fail("a cluster is already up: this test runs first, on a machine to itself")
     lock.release()
@@ -121,7 +121,6 @@ def test_a_kind_cluster_killed_with_sigkill_leaves_nothing() -> None:
     assert kindhost.MODULES.exists() == modules, "/lib/modules is as it was"
     assert not (work_dir / "nodes").exists(), "the nodes' cache dirs are gone"
     shutil.rmtree(work_dir)  # the kubeconfig and kind's config: the caller's to remove
-    assert hostnet.leftovers() == [], "and nothing of the kubelet harness either"
 
 
 @pytest.mark.skipif(ON_KIND, reason="the kubelet harness's own: the kind one is above")
