@@ -15,7 +15,7 @@ help:
 	@echo "make lint      ruff check, ruff format --check, mypy --strict modelcache, lint-imports (layering)"
 	@echo "make testenv   build (or reuse) kube-apiserver, etcd, kubectl, helm, kubelet & co and the images in ~/.cache/modelcache"
 	@echo "make e2e       the tests on a real cluster with kubelet nodes (tests/cluster; root)"
-	@echo "make e2e-kind  the same e2e tests on kind (Docker, kind, kubectl, helm; no root): docs/cluster.md"
+	@echo "make e2e-kind  the same e2e tests on kind, node image built here (root): docs/cluster.md"
 	@echo "make unit      fast tests, no services"
 	@echo "make integration  tests against real kube-apiserver + etcd and SeaweedFS"
 	@echo "make demo      see it work"
@@ -55,7 +55,7 @@ integration: testenv
 e2e: testenv
 	$(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 
-# The same e2e tests on kind, for a person with Docker, kind, kubectl and helm (no root).
+# The same e2e tests on kind: kind, kubeadm and the node image are built here (root).
 e2e-kind: venv
 	MODELCACHE_E2E_CLUSTER=kind $(BIN)/python -m pytest tests/cluster $(PYTEST_ARGS)
 

@@ -31,7 +31,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from modelcache.api.layout import DEFAULT_ROOT
-from modelcache.testing import hostnet, reaper
+from modelcache.testing import hostnet, kindhost, reaper
 from modelcache.testing.cache import cache_dir
 from modelcache.testing.containerd import BIG_IMAGE_BYTES, import_disk_need, unpacked_layer_digests
 from modelcache.testing.hostprep import ensure_host_packages
@@ -72,6 +72,12 @@ def cluster_lock() -> FileLock:
     return FileLock(str(cache_dir() / "cluster.lock"))
 
 
+def lock_wait() -> float:
+    """Seconds a new cluster waits for the lock: 5, or MODELCACHE_CLUSTER_LOCK_WAIT (a
+    machine shared by several runs queues them instead of failing the later one)."""
+    return float(os.environ.get("MODELCACHE_CLUSTER_LOCK_WAIT", "5"))
+
+
 def undo_leftovers() -> list[str]:
     """Undo what a dead cluster owner left on the machine; never touch a live cluster.
     Returns what was found before the undo (empty when the machine was clean)."""
@@ -85,7 +91,11 @@ def undo_leftovers() -> list[str]:
         found = hostnet.leftovers(include_chains=KubeletCluster.started_here or None)
         if found:
             hostnet.undo_all(ours_chains=KubeletCluster.started_here)
-        return found
+        # A kind run's (KindCluster): its daemon, containers, bridge, mounts, sysctls.
+        kind = kindhost.leftovers(kindhost.data_root())
+        if kind or kindhost.LEDGER.exists():
+            kindhost.undo_all()
+        return found + kind
     finally:
         lock.release()
 

@@ -29,9 +29,19 @@ class DockerError(RuntimeError):
 class DockerDaemon:
     """`with DockerDaemon() as docker: docker.run("build", ...)`."""
 
-    def __init__(self, *, data_root: Path | None = None, run_dir: Path = RUN_DIR) -> None:
+    def __init__(
+        self,
+        *,
+        data_root: Path | None = None,
+        run_dir: Path = RUN_DIR,
+        extra_args: Sequence[str] = (),
+        tie_to_parent: bool = True,
+    ) -> None:
+        """`extra_args`: more dockerd flags (the kind daemon's runtime and cgroup parent)."""
         self.data_root = data_root or cache_dir() / "docker"
         self.run_dir = run_dir
+        self.extra_args = list(extra_args)
+        self.tie_to_parent = tie_to_parent
         self.socket = run_dir / "docker.sock"
         self.process: ManagedProcess | None = None
 
@@ -64,9 +74,11 @@ class DockerDaemon:
                 "--ip-masq=false",
                 "--bridge=none",
                 "--storage-driver=overlay2",
+                *self.extra_args,
             ],
             log_path=self.run_dir / "dockerd.log",
             stop_grace=20.0,
+            tie_to_parent=self.tie_to_parent,
         ).start()
         try:
             wait_until(
@@ -89,6 +101,10 @@ class DockerDaemon:
             check=False,
         )
         return result.returncode == 0
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
 
     def run(self, *args: str, cwd: Path | None = None, stdin: bytes | None = None) -> str:
         """One docker command against this daemon; its stdout, or DockerError with the tail."""

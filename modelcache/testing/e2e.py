@@ -1,5 +1,5 @@
 """What the e2e tests need from a cluster, whichever makes it: `KubeletCluster` (here, in
-`make test`) or `KindCluster` (a person's Docker, `make e2e-kind`)."""
+`make test`) or `KindCluster` (kind on a private dockerd, `make e2e-kind`)."""
 
 from __future__ import annotations
 

@@ -25,6 +25,7 @@ HOST_PACKAGES: dict[str, str] = {
     "iptables": "/usr/sbin/iptables",
     "iproute2": "/usr/sbin/ip",
     "util-linux": "/usr/bin/nsenter",
+    "jq": "/usr/bin/jq",  # the kind daemon's runtime wrapper edits OCI specs with it
 }
 
 Report = Callable[[str], None]

@@ -27,11 +27,13 @@ KUBERNETES_VERSION = "v1.35.4"
 ETCD_VERSION = "v3.6.16"
 HELM_VERSION = "v3.21.4"
 COREDNS_VERSION = "v1.15.0"
+KIND_VERSION = "v0.33.0"
 # Kubernetes binaries are stamped with their release (`--version` and /version report
 # v1.35.4, not v0.0.0-master); the tag in their file name keeps unstamped builds unused.
 KUBE_BUILD = f"{KUBERNETES_VERSION}-stamped"
 CONTROL_PLANE_COMMANDS = ("kube-apiserver", "kubectl")
 NODE_COMMANDS = ("kubelet", "kube-scheduler", "kube-controller-manager", "kube-proxy")
+KIND_COMMANDS = ("kubeadm",)  # what a kind node runs beyond NODE_COMMANDS
 
 Report = Callable[[str], None]
 
@@ -248,6 +250,29 @@ def _build_coredns(work: Path, log_path: Path, report: Report) -> None:
     _install(work / "out" / "coredns", _pinned("coredns", COREDNS_VERSION), "coredns")
 
 
+def _build_kubeadm(work: Path, log_path: Path, report: Report) -> None:
+    _build_kubernetes(work, log_path, report, KIND_COMMANDS)
+
+
+def kind_module_dir() -> Path:
+    """kind's module source in our module cache: its node base files (images/base/files)."""
+    return cache_dir() / "go" / "mod" / "sigs.k8s.io" / f"kind@{KIND_VERSION}"
+
+
+def _build_kind(work: Path, log_path: Path, report: Report) -> None:
+    env = _go_env(work)
+    work.mkdir(parents=True, exist_ok=True)
+    report(f"compiling kind {KIND_VERSION}")
+    env["GOBIN"] = str(work / "out")
+    _run_go(
+        ["install", "-trimpath", "-ldflags=-s -w", f"sigs.k8s.io/kind@{KIND_VERSION}"],
+        cwd=work,
+        log_path=log_path,
+        env=env,
+    )
+    _install(work / "out" / "kind", _pinned("kind", KIND_VERSION), "kind")
+
+
 def _print_report(message: str) -> None:
     print(f"[modelcache testenv] {message}", file=sys.stderr, flush=True)
 
@@ -338,6 +363,34 @@ def ensure_node_toolchain(report: Report | None = None) -> NodeToolchain:
         report or _print_report,
     )
     return nodes
+
+
+@dataclass(frozen=True)
+class KindToolchain:
+    """What a kind cluster built here needs beyond the node toolchain: kind and kubeadm."""
+
+    kind: Path
+    kubeadm: Path
+    kind_module: Path  # kind's source: the base files its node image is made of
+
+
+def ensure_kind_toolchain(report: Report | None = None) -> KindToolchain:
+    """kind at its pinned release (`go install`) and kubeadm from the pinned k8s module."""
+    tools = KindToolchain(
+        kind=_pinned("kind", KIND_VERSION),
+        kubeadm=_pinned("kubeadm", KUBE_BUILD),
+        kind_module=kind_module_dir(),
+    )
+    _ensure_built(
+        [
+            (tools.kind, f"kind-{KIND_VERSION}", _build_kind),
+            (tools.kubeadm, f"kubernetes-{KUBERNETES_VERSION}", _build_kubeadm),
+        ],
+        report or _print_report,
+    )
+    if not (tools.kind_module / "images" / "base" / "files").is_dir():
+        raise ToolchainError(f"kind's module source is missing: {tools.kind_module}")
+    return tools
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ Started once per session, stopped at the end with every change to the machine un
 Where a cluster cannot be built (not root, no Debian packages), these tests skip with
 the reason in one line, unless MODELCACHE_REQUIRE_CLUSTER=1 (as .ci/run sets): then
 they fail. MODELCACHE_E2E_CLUSTER=kind runs the same tests on kind instead (`make
-e2e-kind`, for a person with Docker; see docs/cluster.md).
+e2e-kind`, its node image built here; see docs/cluster.md).
 """
 
 from __future__ import annotations

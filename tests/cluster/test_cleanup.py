@@ -4,12 +4,16 @@ It runs before the session's cluster (it needs the machine to itself): a child p
 starts a one-node cluster and a pod with a hostPath, and is killed with SIGKILL; the
 reaper it started must then stop the containers and undo every mount, link, rule,
 cgroup and sysctl, as `hostnet.leftovers()` and /proc see it, and the host dirs the
-nodes mount over are as they were.
+nodes mount over are as they were. On kind (MODELCACHE_E2E_CLUSTER=kind) the same for
+a kind cluster: its private dockerd, node containers, bridge, mounts, the sysctls the
+privileged nodes set on the host and the /lib/modules Docker makes, as
+`kindhost.leftovers()` sees them.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,9 +25,10 @@ from pathlib import Path
 import pytest
 from filelock import Timeout
 
-from modelcache.testing import hostnet
-from modelcache.testing.cluster import HOSTPATH, NODE_PRIVATE_DIRS, cluster_lock
+from modelcache.testing import hostnet, kindhost
+from modelcache.testing.cluster import HOSTPATH, NODE_PRIVATE_DIRS, cluster_lock, lock_wait
 from modelcache.testing.hostprep import cluster_unavailable
+from modelcache.testing.kind import kind_unavailable
 from tests.cluster.conftest import ON_KIND
 
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
@@ -44,7 +49,81 @@ OWNER = textwrap.dedent(
 )
 
 
-@pytest.mark.skipif(ON_KIND, reason="the harness's own cleanup: kind cleans up after itself")
+KIND_OWNER = textwrap.dedent(
+    """
+    import sys, time
+    from modelcache.testing.kind import KindCluster
+    from modelcache.testing.images import AGENT_IMAGE
+    from pathlib import Path
+    cluster = KindCluster(nodes=1, studio=False, work_dir=Path(sys.argv[1]))
+    cluster.start()
+    cluster.kubectl("run", "sleeper", f"--image={AGENT_IMAGE}", "--image-pull-policy=Never",
+                    "--command", "--", "python3", "-c", "import time; time.sleep(3600)")
+    cluster.kubectl("wait", "--for=condition=Ready", "pod/sleeper", "--timeout=120s")
+    print("UP", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def _wait_for_up(owner: subprocess.Popen[str]) -> None:
+    assert owner.stdout is not None
+    lines = []
+    for line in owner.stdout:
+        lines.append(line)
+        if line.strip() == "UP":
+            break
+    assert lines, "the owner printed nothing"
+    assert lines[-1].strip() == "UP", "".join(lines[-30:])
+
+
+def _require(reason: str | None) -> None:
+    if reason is not None:
+        if os.environ.get("MODELCACHE_REQUIRE_CLUSTER") == "1":
+            pytest.fail(f"MODELCACHE_REQUIRE_CLUSTER=1 but {reason}")
+        pytest.skip(reason)
+    lock = cluster_lock()
+    try:
+        lock.acquire(timeout=lock_wait())
+    except Timeout:
+        pytest.fail("a cluster is already up: this test runs first, on a machine to itself")
+    lock.release()
+
+
+@pytest.mark.skipif(not ON_KIND, reason="the kind session's own: the kubelet one is below")
+def test_a_kind_cluster_killed_with_sigkill_leaves_nothing() -> None:
+    _require(kind_unavailable())
+    sysctls = kindhost.read_sysctls()
+    modules = kindhost.MODULES.exists()
+    work_dir = Path(tempfile.mkdtemp(prefix="mc-kind-kill-"))
+    owner = subprocess.Popen(
+        [sys.executable, "-c", KIND_OWNER, str(work_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait_for_up(owner)
+        data_root = Path(kindhost.Ledger().read()["data_root"])
+        running = kindhost.leftovers(data_root)
+        assert any(f.startswith("process") for f in running), running
+        assert f"link {kindhost.BRIDGE}" in running
+        assert kindhost.read_sysctls() != sysctls, "the nodes changed the host's sysctls"
+    finally:
+        owner.send_signal(signal.SIGKILL)
+        owner.wait()
+    deadline = time.monotonic() + 120
+    while kindhost.LEDGER.exists() and time.monotonic() < deadline:  # the reaper's last step
+        time.sleep(1)
+    assert not kindhost.LEDGER.exists(), "the reaper finished its undo"
+    assert kindhost.leftovers(data_root) == []
+    assert kindhost.read_sysctls() == sysctls, "every sysctl the nodes set got its value back"
+    assert kindhost.MODULES.exists() == modules, "/lib/modules is as it was"
+    assert not (work_dir / "nodes").exists(), "the nodes' cache dirs are gone"
+    shutil.rmtree(work_dir)  # the kubeconfig and kind's config: the caller's to remove
+
+
+@pytest.mark.skipif(ON_KIND, reason="the kubelet harness's own: the kind one is above")
 def test_a_cluster_killed_with_sigkill_leaves_nothing() -> None:
     reason = cluster_unavailable()
     if reason is not None:

@@ -117,8 +117,8 @@ class Shell:
 
 
 def _kubectl_binary(cluster: Cluster) -> str:
-    toolchain = getattr(cluster, "toolchain", None)  # KubeletCluster: the pinned build
-    found = getattr(toolchain, "kubectl", None) or shutil.which("kubectl")  # kind: the user's
+    toolchain = getattr(cluster, "toolchain", None)  # both clusters: the pinned build
+    found = getattr(toolchain, "kubectl", None) or shutil.which("kubectl")
     assert found, "no kubectl"
     return str(found)
 
