@@ -71,6 +71,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             items[:] = [i for i in items if i not in ours]
             config.stash[_SKIPPED] = f"{len(ours)} cluster tests not run: {reason}"
         return
+    # A test of one harness's own (its kill -9 cleanup) is not collected on the other.
+    kind = "kind" if ON_KIND else "kubelet"
+    elsewhere = [
+        i for i in items if (m := i.get_closest_marker("only_on")) is not None and m.args[0] != kind
+    ]
+    if elsewhere:
+        config.hook.pytest_deselected(items=elsewhere)
+        items[:] = [i for i in items if i not in elsewhere]
 
     def rank(item: pytest.Item) -> int:
         path = Path(str(item.fspath))

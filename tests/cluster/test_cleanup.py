@@ -29,7 +29,6 @@ from modelcache.testing import hostnet, kindhost
 from modelcache.testing.cluster import HOSTPATH, NODE_PRIVATE_DIRS, cluster_lock, lock_wait
 from modelcache.testing.hostprep import cluster_unavailable
 from modelcache.testing.kind import kind_unavailable
-from tests.cluster.conftest import ON_KIND
 
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
 OWNER = textwrap.dedent(
@@ -90,7 +89,7 @@ def _require(reason: str | None) -> None:
     lock.release()
 
 
-@pytest.mark.skipif(not ON_KIND, reason="the kind session's own: the kubelet one is below")
+@pytest.mark.only_on("kind")  # the kubelet harness's own is below
 def test_a_kind_cluster_killed_with_sigkill_leaves_nothing() -> None:
     _require(kind_unavailable())
     sysctls = kindhost.read_sysctls()
@@ -123,7 +122,7 @@ def test_a_kind_cluster_killed_with_sigkill_leaves_nothing() -> None:
     shutil.rmtree(work_dir)  # the kubeconfig and kind's config: the caller's to remove
 
 
-@pytest.mark.skipif(ON_KIND, reason="the kubelet harness's own: the kind one is above")
+@pytest.mark.only_on("kubelet")  # the kind harness's own is above
 def test_a_cluster_killed_with_sigkill_leaves_nothing() -> None:
     reason = cluster_unavailable()
     if reason is not None:
