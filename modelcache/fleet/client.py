@@ -214,6 +214,10 @@ class PeerClient:
                 allow_redirects=False,
             )
         except _TRANSPORT_ERRORS as error:
+            if _refused(error):  # nothing listens there yet: a peer still starting
+                raise PieceAbsent(
+                    f"peer {self.name}: not serving yet (connection refused)"
+                ) from None
             raise PeerUnreachable(f"peer {self.name}: {type(error).__name__}: {error}") from None
 
     def _body(self, response: requests.Response, *, most: int | None, exact: int | None) -> Body:
@@ -280,6 +284,21 @@ class PeerClient:
         if status >= 500:
             return PeerUnreachable(said)
         return PeerError(said)
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether the connection was refused (a closed port), however requests wraps it."""
+    seen: BaseException = error
+    for _ in range(8):  # requests -> urllib3's MaxRetryError -> NewConnectionError -> OSError
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        cause = getattr(seen, "reason", None) or seen.__cause__ or seen.__context__
+        if cause is None and seen.args:
+            cause = seen.args[0]
+        if not isinstance(cause, BaseException):
+            return False
+        seen = cause
+    return False
 
 
 def _digest(sha256: str) -> str:

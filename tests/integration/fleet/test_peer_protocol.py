@@ -19,7 +19,6 @@ from modelcache.fleet import (
     PeerClient,
     PeerError,
     PeerRefused,
-    PeerUnreachable,
     PieceAbsent,
     PiecePending,
     TokenFile,
@@ -243,12 +242,15 @@ def test_nothing_outside_blobs_is_reachable_through_what_lies_in_blobs(
     assert b"".join(client.blob(kept)) == b"a real blob"
 
 
-def test_the_client_reports_a_peer_it_cannot_reach(tmp_path: Path) -> None:
+def test_the_client_reports_a_peer_not_listening_as_not_serving_yet(tmp_path: Path) -> None:
+    """A closed port is an agent still starting: absent (the route waits for it within the
+    grace, as for a node not pulling yet), not a dead peer avoided for the whole file.
+    A peer that accepts and then fails is unreachable (test_client_against_bad_peers)."""
     with socket.socket() as placeholder:
         placeholder.bind(("127.0.0.1", 0))
         port = placeholder.getsockname()[1]
     client = PeerClient("gone", f"http://127.0.0.1:{port}", "t" * 43)
-    with pytest.raises(PeerUnreachable, match="peer gone"):
+    with pytest.raises(PieceAbsent, match="peer gone: not serving yet"):
         client.piece(SOME, 0, PIECE)
     with pytest.raises(ValueError, match="not a sha256"):
         client.piece("../etc", 0, PIECE)
