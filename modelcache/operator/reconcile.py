@@ -130,7 +130,7 @@ class Reconciler:
         self, spec: ModelVersionSpec
     ) -> tuple[list[str], list[str], frozenset[str]]:
         """The selected nodes by name, those the selector matches that no agent runs on
-        (its taints), and the selected that are not Ready."""
+        (their taints), and the nodes that are not Ready."""
         selector = spec.node_selector.to_label_selector_string()
         nodes = self.core.api_client.sanitize_for_serialization(
             self.core.list_node(label_selector=selector or None)
@@ -138,9 +138,7 @@ class Reconciler:
         taints = {str(n["metadata"]["name"]): taints_of(n.get("spec")) for n in nodes}
         names, left_out = split_schedulable(taints, taints, self.tolerations)
         not_ready = frozenset(
-            str(n["metadata"]["name"])
-            for n in nodes
-            if n["metadata"]["name"] in names and not node_is_ready(n.get("status"))
+            str(n["metadata"]["name"]) for n in nodes if not node_is_ready(n.get("status"))
         )
         return names, left_out, not_ready
 
