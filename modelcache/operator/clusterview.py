@@ -10,7 +10,7 @@ stale NodeCache in it costs a 409 and a re-read when written, never a lost write
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,11 +30,15 @@ class ClusterView:
         return sorted(n for n, labels in self.node_labels.items() if selector.matches(labels))
 
     def schedulable(
-        self, selector: LabelSelector, tolerations: Sequence[Toleration] | None
+        self,
+        selector: LabelSelector,
+        tolerations: Sequence[Toleration] | None,
+        holding: Collection[str] = (),
     ) -> tuple[list[str], list[str]]:
         """The nodes `selector` matches split into those an agent with `tolerations` runs
-        on and those whose taints keep it off (None: tolerations unknown, none left out)."""
-        return split_schedulable(self.node_taints, self.select(selector), tolerations)
+        on and those whose taints keep it off (None: tolerations unknown, none left out);
+        `holding`: nodes that already hold the model (see `split_schedulable`)."""
+        return split_schedulable(self.node_taints, self.select(selector), tolerations, holding)
 
     @classmethod
     def from_indexes(

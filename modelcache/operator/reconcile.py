@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -127,16 +127,16 @@ class Reconciler:
         return body
 
     def _selected_nodes(
-        self, spec: ModelVersionSpec
+        self, spec: ModelVersionSpec, holding: Collection[str]
     ) -> tuple[list[str], list[str], frozenset[str]]:
         """The selected nodes by name, those the selector matches that no agent runs on
-        (their taints), and the nodes that are not Ready."""
+        (their taints; `holding`: see `split_schedulable`), and the nodes not Ready."""
         selector = spec.node_selector.to_label_selector_string()
         nodes = self.core.api_client.sanitize_for_serialization(
             self.core.list_node(label_selector=selector or None)
         )["items"]
         taints = {str(n["metadata"]["name"]): taints_of(n.get("spec")) for n in nodes}
-        names, left_out = split_schedulable(taints, taints, self.tolerations)
+        names, left_out = split_schedulable(taints, taints, self.tolerations, holding)
         not_ready = frozenset(
             str(n["metadata"]["name"]) for n in nodes if not node_is_ready(n.get("status"))
         )
@@ -158,11 +158,13 @@ class Reconciler:
             return Outcome(None, True, 0)
         spec = ModelVersionSpec.model_validate(body["spec"])
         status = ModelVersionStatus.model_validate(body.get("status") or {})
+        caches = self._node_caches() if view is None else dict(view.caches)
+        holding = {node for node, cache in caches.items() if _has_entry(cache, namespace, name)}
         if view is None:
-            (nodes, left_out, not_ready), caches = self._selected_nodes(spec), self._node_caches()
+            nodes, left_out, not_ready = self._selected_nodes(spec, holding)
         else:
-            nodes, left_out = view.schedulable(spec.node_selector, self.tolerations)
-            caches, not_ready = dict(view.caches), view.not_ready
+            nodes, left_out = view.schedulable(spec.node_selector, self.tolerations, holding)
+            not_ready = view.not_ready
         statuses = {
             node: self._parse(caches[node])[1] if node in caches else None for node in nodes
         }

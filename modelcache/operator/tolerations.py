@@ -10,7 +10,7 @@ matching as the scheduler does (k8s.io/api core/v1 `Toleration.ToleratesTaint`).
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,16 +90,25 @@ def split_schedulable(
     taints: Mapping[str, Sequence[Taint]],
     names: Iterable[str],
     tolerations: Sequence[Toleration] | None,
+    holding: Collection[str] = (),
 ) -> tuple[list[str], list[str]]:
-    """`names` split into the Nodes a daemon pod with `tolerations` can run on and those
-    it cannot, each sorted. `tolerations=None` (not known): every Node is kept."""
+    """`names` split into the Nodes a daemon pod with `tolerations` runs on and those it
+    does not, each sorted. `tolerations=None` (not known): every Node is kept.
+
+    A Node in `holding` (its NodeCache already has this model) keeps it under a
+    NoSchedule taint put on later (a maintenance taint): NoSchedule does not evict the
+    agent already there, and leaving the Node out would delete the model under its pods.
+    Only NoExecute, which evicts the agent, leaves such a Node out."""
     names = sorted(names)
     if tolerations is None:
         return names, []
     kept: list[str] = []
     left_out: list[str] = []
     for name in names:
-        (left_out if untolerated(taints.get(name, ()), tolerations) else kept).append(name)
+        blocking = untolerated(taints.get(name, ()), tolerations)
+        if name in holding:
+            blocking = [t for t in blocking if t.effect == "NoExecute"]
+        (left_out if blocking else kept).append(name)
     return kept, left_out
 
 

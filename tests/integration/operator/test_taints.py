@@ -137,6 +137,18 @@ def _roll_out_and_let_the_control_plane_join(
     eventually(all_three, "READY 3/3", operator)
     assert prefetched_message(status_of(crds, name)) == "3/3 nodes hold v1"
 
+    # Maintenance: a NoSchedule taint put on a node that holds the model does not evict
+    # its agent, so the node keeps the model; a NoExecute one does, and the node is left
+    # out. The plain node is patched first: the same watch delivers its event first.
+    core = client.CoreV1Api(kube_client)
+    maintenance = {"key": "example.com/maintenance", "effect": "NoSchedule"}
+    core.patch_node(nodes["plain"], {"spec": {"taints": [maintenance]}})
+    drain = {"key": "example.com/drain", "effect": "NoExecute"}
+    core.patch_node(nodes["gpu"], {"spec": {"taints": [GPU_TAINT, drain]}})
+    eventually(lambda: not has_entry(crds, nodes["gpu"], name), "gpu node left out", operator)
+    assert has_entry(crds, nodes["plain"], name), "a NoSchedule taint removed a held model"
+    eventually(lambda: status_of(crds, name).get("ready") == "2/2", "READY 2/2", operator)
+
 
 def test_a_one_off_reconcile_listing_nodes_leaves_them_out_alike(
     kube_client: Any, crds: client.CustomObjectsApi, tainted_fleet: tuple[str, dict[str, str]]

@@ -329,3 +329,17 @@ def test_any_json_is_either_a_list_of_tolerations_or_a_value_error(value: Any) -
         problem = ""
         assert all(isinstance(t, Toleration) for t in parsed)
     assert problem == "" or problem.startswith("tolerations"), problem
+
+
+def test_a_node_holding_the_model_keeps_it_under_a_later_no_schedule_taint() -> None:
+    """A maintenance taint does not evict the agent already running; NoExecute does."""
+    agent = daemon_pod_tolerations(())
+    taints = {
+        "held": [Taint("example.com/maintenance", "NoSchedule")],
+        "new": [Taint("example.com/maintenance", "NoSchedule")],
+        "drained": [Taint("example.com/drain", "NoExecute")],
+    }
+    assert split_schedulable(taints, taints, agent, holding={"held", "drained"}) == (
+        ["held"],
+        ["drained", "new"],
+    )
