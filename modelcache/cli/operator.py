@@ -4,9 +4,24 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+
+if TYPE_CHECKING:
+    from modelcache.operator.tolerations import Toleration
+
+
+def _tolerations(text: str | None) -> tuple[Toleration, ...] | None:
+    """The option's JSON, checked before the operator starts (a bad one names its entry)."""
+    from modelcache.operator.tolerations import parse_tolerations  # noqa: PLC0415 - CLI start
+
+    if text is None:
+        return None
+    try:
+        return parse_tolerations(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--agent-tolerations") from None
 
 
 def operator(
@@ -51,8 +66,20 @@ def operator(
         ),
     ] = None,
     metrics_host: Annotated[str, typer.Option("--metrics-host")] = "0.0.0.0",  # noqa: S104
+    agent_tolerations: Annotated[
+        str | None,
+        typer.Option(
+            "--agent-tolerations",
+            metavar="JSON",
+            help="The agent DaemonSet's tolerations, a JSON list as in a pod spec (the chart "
+            "passes agent.tolerations): a Node whose NoSchedule/NoExecute taints they do not "
+            "tolerate runs no agent and is left out of rollouts. At most 64 KiB. "
+            "Default: no Node is left out.",
+        ),
+    ] = None,
 ) -> None:
     """Reconcile ModelVersions into NodeCaches and roll versions out in waves."""
+    tolerations = _tolerations(agent_tolerations)
     from modelcache.operator.run import run_operator  # noqa: PLC0415 - needs [operator]
 
     logging.basicConfig(
@@ -66,6 +93,7 @@ def operator(
         liveness=liveness,
         metrics_port=metrics_port,
         metrics_host=metrics_host,
+        agent_tolerations=tolerations,
     )
 
 

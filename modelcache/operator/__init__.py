@@ -6,7 +6,7 @@ writes (`Reconciler`); `run_operator`, what `modelcache operator` runs;
 `rollback_model_version`, what `modelcache rollback -n` does. Module map: planner (pure),
 clusterview and nodeview (the cluster as the planner sees it), reconcile (one step against
 the API server), handlers (kopf's thin layer, registered by `run_operator`), run, rollback,
-wakeups, kubeclient.
+wakeups, kubeclient, tolerations (which Nodes the agent DaemonSet runs on).
 
 The names that need the `[operator]` extra (kopf, kubernetes) load on first use, so the
 planner imports without them.

@@ -10,11 +10,12 @@ stale NodeCache in it costs a 409 and a re-read when written, never a lost write
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelcache.api.k8s import LabelSelector
+from modelcache.operator.tolerations import Taint, Toleration, split_schedulable
 
 
 @dataclass(frozen=True)
@@ -22,10 +23,22 @@ class ClusterView:
     caches: Mapping[str, dict[str, Any]]  # NodeCache name (= node name) -> its body
     node_labels: Mapping[str, Mapping[str, str]]  # node name -> its labels
     not_ready: frozenset[str] = frozenset()  # nodes whose Ready condition is not True
+    node_taints: Mapping[str, Sequence[Taint]] = field(default_factory=dict)
 
     def select(self, selector: LabelSelector) -> list[str]:
         """The nodes `selector` matches, by name (the API server's label semantics)."""
         return sorted(n for n, labels in self.node_labels.items() if selector.matches(labels))
+
+    def schedulable(
+        self,
+        selector: LabelSelector,
+        tolerations: Sequence[Toleration] | None,
+        holding: Collection[str] = (),
+    ) -> tuple[list[str], list[str]]:
+        """The nodes `selector` matches split into those an agent with `tolerations` runs
+        on and those whose taints keep it off (None: tolerations unknown, none left out);
+        `holding`: nodes that already hold the model (see `split_schedulable`)."""
+        return split_schedulable(self.node_taints, self.select(selector), tolerations, holding)
 
     @classmethod
     def from_indexes(
@@ -33,6 +46,7 @@ class ClusterView:
         caches: Mapping[str, Iterable[dict[str, Any]]],
         node_labels: Mapping[str, Iterable[Mapping[str, str]]],
         node_ready: Mapping[str, Iterable[bool]] | None = None,
+        node_taints: Mapping[str, Iterable[Sequence[Taint]]] | None = None,
     ) -> ClusterView:
         """From kopf indexes keyed by name (one value per key: names are unique)."""
         return cls(
@@ -41,6 +55,9 @@ class ClusterView:
             not_ready=frozenset(
                 name for name, values in (node_ready or {}).items() if not all(values)
             ),
+            node_taints={
+                name: taints for name, values in (node_taints or {}).items() for taints in values
+            },
         )
 
 

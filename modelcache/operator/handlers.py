@@ -23,6 +23,7 @@ from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.kubeclient import kube_configuration
 from modelcache.operator.metrics import OperatorMetrics
 from modelcache.operator.reconcile import WRITE_CONCURRENCY, Reconciler
+from modelcache.operator.tolerations import Taint, taints_of
 from modelcache.operator.wakeups import (
     NodeSelectionMemory,
     WakeupBoard,
@@ -57,7 +58,11 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
     configuration = kube_configuration(memo.get("kubeconfig"))
     configuration.connection_pool_maxsize = WRITE_CONCURRENCY * 2  # reconciles share it
     api = client.ApiClient(configuration)
-    memo.reconciler = Reconciler(api, metrics=memo.get("metrics") or OperatorMetrics())
+    memo.reconciler = Reconciler(
+        api,
+        metrics=memo.get("metrics") or OperatorMetrics(),
+        agent_tolerations=memo.get("agent_tolerations"),
+    )
     memo.wakeups = WakeupBoard()
     memo.node_selection = NodeSelectionMemory()
 
@@ -78,6 +83,12 @@ def node_labels(name: str, labels: kopf.Labels, **_: Any) -> dict[str, dict[str,
 def node_ready(name: str, status: kopf.Status, **_: Any) -> dict[str, bool]:
     """Every Node's readiness: a NotReady node counts as failed in a rollout in flight."""
     return {name: node_is_ready(status)}
+
+
+@kopf.index("", "v1", "nodes")
+def node_taints(name: str, spec: kopf.Spec, **_: Any) -> dict[str, tuple[Taint, ...]]:
+    """Every Node's taints: whether the agent DaemonSet runs there (--agent-tolerations)."""
+    return {name: taints_of(spec)}
 
 
 @kopf.daemon(GROUP, VERSION, MODEL_VERSIONS, cancellation_timeout=10.0)
@@ -105,7 +116,10 @@ async def rollout(
                 async with board.lock(namespace, name):
                     # Snapshot the indexes here, on the loop that updates them.
                     view = ClusterView.from_indexes(
-                        indexes["node_caches"], indexes["node_labels"], indexes["node_ready"]
+                        indexes["node_caches"],
+                        indexes["node_labels"],
+                        indexes["node_ready"],
+                        indexes["node_taints"],
                     )
                     outcome = await finish_in_thread(
                         partial(reconciler.reconcile, namespace, name, view)
@@ -151,12 +165,19 @@ async def node_cache_changed(body: kopf.Body, memo: Any, **_: Any) -> None:
 
 @kopf.on.event("", "v1", "nodes")
 async def node_changed(
-    type: str, name: str, labels: kopf.Labels, status: kopf.Status, memo: Any, **_: Any
+    *,
+    type: str,
+    name: str,
+    labels: kopf.Labels,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    memo: Any,
+    **_: Any,
 ) -> None:
-    """Wake every ModelVersion only when a Node comes, goes, changes labels or readiness:
-    not on the status and heartbeat updates a kubelet makes every few seconds."""
+    """Wake every ModelVersion only when a Node comes, goes, changes labels, taints or
+    readiness: not on the status and heartbeat updates a kubelet makes every few seconds."""
     if type in ("ADDED", "DELETED", "MODIFIED", None) and memo.node_selection.changed(
-        type or "ADDED", name, dict(labels), ready=node_is_ready(status)
+        type or "ADDED", name, dict(labels), ready=node_is_ready(status), taints=taints_of(spec)
     ):
         memo.wakeups.wake_all()
 

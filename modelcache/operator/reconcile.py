@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -40,6 +40,12 @@ from modelcache.operator.clusterview import ClusterView, node_is_ready
 from modelcache.operator.metrics import OperatorMetrics
 from modelcache.operator.nodeview import desired_entry, observations, with_entry, without_entry
 from modelcache.operator.planner import Plan, PlanEvent, next_deadline, plan_rollout
+from modelcache.operator.tolerations import (
+    Toleration,
+    daemon_pod_tolerations,
+    split_schedulable,
+    taints_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +82,17 @@ class Reconciler:
         *,
         clock: Clock = utcnow,
         metrics: OperatorMetrics | None = None,
+        agent_tolerations: tuple[Toleration, ...] | None = None,
     ) -> None:
+        """`agent_tolerations`: the agent DaemonSet's pod template's; a selected Node whose
+        taints they do not tolerate runs no agent and is left out (None: none is)."""
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.clock = clock
         self.metrics = metrics or OperatorMetrics()
+        self.tolerations = (
+            None if agent_tolerations is None else daemon_pod_tolerations(agent_tolerations)
+        )
         self._writers = ThreadPoolExecutor(WRITE_CONCURRENCY, thread_name_prefix="nodecache-write")
         # NodeCache name -> (resourceVersion, spec, status) as last parsed.
         self._parsed: dict[str, tuple[str, NodeCacheSpec, NodeCacheStatus | None]] = {}
@@ -114,17 +126,21 @@ class Reconciler:
             raise
         return body
 
-    def _selected_nodes(self, spec: ModelVersionSpec) -> tuple[list[str], frozenset[str]]:
-        """The selected nodes by name, and those of them that are not Ready."""
+    def _selected_nodes(
+        self, spec: ModelVersionSpec, holding: Collection[str]
+    ) -> tuple[list[str], list[str], frozenset[str]]:
+        """The selected nodes by name, those the selector matches that no agent runs on
+        (their taints; `holding`: see `split_schedulable`), and the nodes not Ready."""
         selector = spec.node_selector.to_label_selector_string()
         nodes = self.core.api_client.sanitize_for_serialization(
             self.core.list_node(label_selector=selector or None)
         )["items"]
-        names = sorted(str(n["metadata"]["name"]) for n in nodes)
+        taints = {str(n["metadata"]["name"]): taints_of(n.get("spec")) for n in nodes}
+        names, left_out = split_schedulable(taints, taints, self.tolerations, holding)
         not_ready = frozenset(
             str(n["metadata"]["name"]) for n in nodes if not node_is_ready(n.get("status"))
         )
-        return names, not_ready
+        return names, left_out, not_ready
 
     def _node_caches(self) -> dict[str, dict[str, Any]]:
         listed = cast(
@@ -142,10 +158,12 @@ class Reconciler:
             return Outcome(None, True, 0)
         spec = ModelVersionSpec.model_validate(body["spec"])
         status = ModelVersionStatus.model_validate(body.get("status") or {})
+        caches = self._node_caches() if view is None else dict(view.caches)
+        holding = {node for node, cache in caches.items() if _has_entry(cache, namespace, name)}
         if view is None:
-            (nodes, not_ready), caches = self._selected_nodes(spec), self._node_caches()
+            nodes, left_out, not_ready = self._selected_nodes(spec, holding)
         else:
-            nodes, caches = view.select(spec.node_selector), dict(view.caches)
+            nodes, left_out = view.schedulable(spec.node_selector, self.tolerations, holding)
             not_ready = view.not_ready
         statuses = {
             node: self._parse(caches[node])[1] if node in caches else None for node in nodes
@@ -173,7 +191,7 @@ class Reconciler:
             if node not in plan.assignments and _has_entry(cache, namespace, name)
         ]
         written = self._write_all([job for job in jobs if self._changes(job)])
-        new_status = self._status(body, status, plan, now)
+        new_status = self._status(body, status, plan, now, left_out)
         if new_status != status:  # a waiting rollout re-plans every second, mostly to no change
             self._write_status(namespace, name, new_status)
             # Counted once written: a step whose write failed is redone, not counted twice.
@@ -271,7 +289,12 @@ class Reconciler:
         return body
 
     def _status(
-        self, body: dict[str, Any], old: ModelVersionStatus, plan: Plan, now: dt.datetime
+        self,
+        body: dict[str, Any],
+        old: ModelVersionStatus,
+        plan: Plan,
+        now: dt.datetime,
+        left_out: list[str],
     ) -> ModelVersionStatus:
         rollout = plan.rollout
         history = list(old.history)
@@ -285,7 +308,9 @@ class Reconciler:
                 -HISTORY_LIMIT:
             ]
         current = rollout.target if rollout.phase == "Complete" else rollout.stable
-        conditions = _conditions(old.conditions, plan, now, body["metadata"].get("generation"))
+        conditions = _conditions(
+            old.conditions, plan, now, body["metadata"].get("generation"), left_out
+        )
         return ModelVersionStatus(
             observed_generation=body["metadata"].get("generation"),
             phase=plan.phase,
@@ -347,11 +372,16 @@ def _has_entry(cache: dict[str, Any], namespace: str, name: str) -> bool:
 
 
 def _conditions(
-    old: list[Condition], plan: Plan, now: dt.datetime, generation: int | None
+    old: list[Condition],
+    plan: Plan,
+    now: dt.datetime,
+    generation: int | None,
+    left_out: list[str] | None = None,
 ) -> list[Condition]:
     """The operator's own conditions, then kstatus' Ready / Reconciling / Stalled (what
     Flux, `kubectl wait --for=condition=Ready` and the Argo CD health check read)."""
     rollout: RolloutState = plan.rollout
+    note = left_out_note(left_out or [])
     target_counts = next((c for c in plan.counts if c.version == rollout.target), None)
     cached = target_counts.cached if target_counts else 0
     failures = "; ".join(f"{f.node}: {f.reason}" for f in rollout.failed)
@@ -360,7 +390,7 @@ def _conditions(
         "Prefetched": (
             cached == plan.total and plan.total > 0,
             true_reason,
-            f"{cached}/{plan.total} nodes hold {rollout.target}",
+            f"{cached}/{plan.total} nodes hold {rollout.target}{note}",
         ),
         "Available": (
             plan.phase == "Available",
@@ -373,7 +403,7 @@ def _conditions(
             f"rollout of {rollout.target}: {rollout.phase}",
         ),
         "Degraded": (plan.phase == "Degraded", true_reason, failures or "no failures"),
-        **_gitops_conditions(plan, failures),
+        **_gitops_conditions(plan, failures, note),
     }
     previous = {c.type: c for c in old}
     out = []
@@ -394,7 +424,20 @@ def _conditions(
     return out
 
 
-def _gitops_conditions(plan: Plan, failures: str) -> dict[str, tuple[bool, str, str]]:
+def left_out_note(left_out: list[str], shown: int = 3) -> str:
+    """A short note on the Nodes the selector matched that no agent runs on, naming the
+    first few: "" when none."""
+    if not left_out:
+        return ""
+    names = ", ".join(left_out[:shown]) + (", ..." if len(left_out) > shown else "")
+    if len(left_out) == 1:
+        return f" (1 node left out: no agent tolerates its taints: {names})"
+    return f" ({len(left_out)} nodes left out: no agent tolerates their taints: {names})"
+
+
+def _gitops_conditions(
+    plan: Plan, failures: str, note: str = ""
+) -> dict[str, tuple[bool, str, str]]:
     """kstatus' conventions: Ready when Available; Stalled when the rollout failed (the
     operator will not get further without a new spec); Reconciling in every other state,
     so no state reads as settled-and-healthy unless it is."""
@@ -411,7 +454,12 @@ def _gitops_conditions(plan: Plan, failures: str) -> dict[str, tuple[bool, str, 
         stall_reason = "RolloutFailed"
         stall_message = f"{rollout.target} stopped: {failures}"
     if plan.total == 0:
-        reconcile_reason, reconcile_message = "NoNodesSelected", "no node matches nodeSelector"
+        reconcile_reason = "NoNodesSelected"
+        reconcile_message = (
+            f"no node an agent runs on matches nodeSelector{note}"
+            if note
+            else "no node matches nodeSelector"
+        )
     elif rollout.phase in ("Prefetching", "Canary", "Waves"):
         reconcile_reason = rollout.phase
         reconcile_message = f"rollout of {rollout.target}: {rollout.phase}, {serving}"

@@ -14,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 
 from modelcache.operator.kubeclient import kube_configuration
 from modelcache.operator.metrics import OperatorMetrics
+from modelcache.operator.tolerations import Toleration
 from modelcache.serving import start_metrics_server
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,7 @@ def run_operator(
     liveness: str | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped by Prometheus from outside the pod
+    agent_tolerations: tuple[Toleration, ...] | None = None,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
 ) -> None:
@@ -53,7 +55,9 @@ def run_operator(
 
     `priority=None` draws one at random: kopf pauses all replicas that share the highest
     priority, so two replicas started alike (a Deployment) must not tie. `metrics_port`:
-    serve Prometheus metrics there (None: none), on the agents' bounded server."""
+    serve Prometheus metrics there (None: none), on the agents' bounded server.
+    `agent_tolerations`: the agent DaemonSet's; Nodes whose taints they do not tolerate
+    are left out of every rollout (None: no Node is)."""
     import modelcache.operator.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     if kubeconfig is not None:
@@ -69,6 +73,7 @@ def run_operator(
         kubeconfig=os.environ.get("KUBECONFIG"),
         peering_lifetime=peering_lifetime,
         metrics=metrics,
+        agent_tolerations=agent_tolerations,
     )
     server = None
     if metrics_port is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -43,23 +43,32 @@ class WakeupBoard:
 
 
 class NodeSelectionMemory:
-    """What of each Node a reconcile reads: whether it exists, its labels, its readiness.
+    """What of each Node a reconcile reads: whether it exists, its labels, its readiness,
+    its taints.
 
     Real kubelets update their Node's status every few seconds; only an added or deleted
-    Node, one whose labels changed, or one that turned Ready or NotReady can change a
-    rollout, so only those should wake every reconcile loop."""
+    Node, one whose labels or taints changed, or one that turned Ready or NotReady can
+    change a rollout, so only those should wake every reconcile loop."""
 
     def __init__(self) -> None:
-        self._seen: dict[str, tuple[dict[str, str], bool]] = {}
+        self._seen: dict[str, tuple[dict[str, str], bool, Hashable]] = {}
 
-    def changed(self, event: str, name: str, labels: dict[str, str], *, ready: bool = True) -> bool:
+    def changed(
+        self,
+        event: str,
+        name: str,
+        labels: dict[str, str],
+        *,
+        ready: bool = True,
+        taints: Hashable = (),
+    ) -> bool:
         """Record a watch event; True when it can change a rollout."""
         if event == "DELETED":
             self._seen.pop(name, None)
             return True
-        if self._seen.get(name) == (labels, ready):
+        if self._seen.get(name) == (labels, ready, taints):
             return False
-        self._seen[name] = (dict(labels), ready)
+        self._seen[name] = (dict(labels), ready, taints)
         return True
 
 

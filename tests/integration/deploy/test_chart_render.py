@@ -16,6 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from modelcache.operator.tolerations import parse_tolerations
 from modelcache.testing import KubeControlPlane, Toolchain
 from tests.integration.deploy.chart import (
     ALL_ON,
@@ -25,6 +26,7 @@ from tests.integration.deploy.chart import (
     install_monitoring_crds,
     named,
     one,
+    render,
 )
 from tests.integration.docs.snippets import all_blocks
 
@@ -403,3 +405,42 @@ def test_fan_out_is_on_with_a_generated_token_mounted_into_every_agent(helm: Hel
     agent = one(off, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
     assert not [a for a in agent["args"] if a.startswith("--peer")]
     assert not [o for o in by_kind(off, "Secret") if o["metadata"]["name"] == "mc-peer-token"]
+
+
+def operator_told_tolerations(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tolerations the operator's --agent-tolerations carries, as it parses them."""
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    (given,) = [a for a in args if a.startswith("--agent-tolerations=")]
+    text = given.removeprefix("--agent-tolerations=")
+    parse_tolerations(text)  # the operator would start with it
+    told: list[dict[str, Any]] = json.loads(text)
+    return told
+
+
+def test_the_operator_is_told_exactly_the_agents_tolerations(
+    toolchain: Toolchain, tmp_path: Path
+) -> None:
+    """So it leaves out the Nodes the agent DaemonSet never runs on (a kind control plane),
+    whatever the tolerations hold: YAML's and the shell's special characters included."""
+    defaults = render(toolchain, tmp_path, "mc", "modelcache-system")
+    assert operator_told_tolerations(defaults) == [GPU_TAINT]
+
+    awkward = [
+        {
+            "key": "dedicated",
+            "operator": "Equal",
+            "value": 'ml: a #b "q" <x>&$(id)',
+            "effect": "NoSchedule",
+        },
+        {"operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 30},
+    ]
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"agent": {"tolerations": awkward}}))
+    custom = render(toolchain, tmp_path, "mc", "modelcache-system", "-f", str(values))
+    agent = one(custom, "DaemonSet")["spec"]["template"]["spec"]
+    assert agent["tolerations"] == awkward
+    assert operator_told_tolerations(custom) == awkward
+
+    values.write_text(yaml.safe_dump({"agent": {"tolerations": []}}))
+    none = render(toolchain, tmp_path, "mc", "modelcache-system", "-f", str(values))
+    assert operator_told_tolerations(none) == [], "no toleration: every tainted Node left out"

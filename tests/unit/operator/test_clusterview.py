@@ -7,6 +7,9 @@ from hypothesis import strategies as st
 
 from modelcache.api.k8s import LabelSelector, LabelSelectorRequirement
 from modelcache.operator.clusterview import ClusterView, node_is_ready
+from modelcache.operator.tolerations import daemon_pod_tolerations, parse_tolerations, taints_of
+
+CHART_TOLERATIONS = '[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]'
 
 NODES = {
     "gpu-a": {"pool": "a100", "zone": "z1"},
@@ -74,3 +77,21 @@ def test_readiness_comes_from_the_ready_condition_only() -> None:
         {}, {"a": [{}], "b": [{}]}, {"a": [True], "b": [node_is_ready(status("Unknown"))]}
     )
     assert indexed.not_ready == frozenset({"b"})
+
+
+def test_nodes_no_agent_runs_on_are_left_out_only_when_its_tolerations_are_known() -> None:
+    control_plane = [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]
+    gpu = [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]
+    indexed = ClusterView.from_indexes(
+        {},
+        {"cp": [{}], "gpu-0": [{"pool": "a100"}], "cpu-0": [{}]},
+        None,
+        {"cp": [taints_of({"taints": control_plane})], "gpu-0": [taints_of({"taints": gpu})]},
+    )
+    agent = daemon_pod_tolerations(parse_tolerations(CHART_TOLERATIONS))
+    assert indexed.schedulable(LabelSelector(), agent) == (["cpu-0", "gpu-0"], ["cp"])
+    assert indexed.schedulable(LabelSelector(match_labels={"pool": "a100"}), agent) == (
+        ["gpu-0"],
+        [],
+    ), "only the nodes the selector matches are counted as left out"
+    assert indexed.schedulable(LabelSelector(), None) == (["cp", "cpu-0", "gpu-0"], [])

@@ -64,3 +64,24 @@ def test_no_selected_node_is_reconciling_not_ready() -> None:
     assert _true(plan) == {"Reconciling": "NoNodesSelected"}
     ready = next(c for c in _conditions([], plan, T0, 3) if c.type == "Ready")
     assert (ready.status, ready.reason, ready.observed_generation) == ("False", "Pending", 3)
+
+
+def test_nodes_left_out_for_their_taints_are_named_in_the_status() -> None:
+    """On kind, an empty nodeSelector matches the control plane: the user reads why it is
+    not counted, in Prefetched's message, and in Reconciling's when nothing is left."""
+    plan = plan_rollout(SPEC, ["gpu-0", "gpu-1"], {}, None, now=T0)
+    conditions = {c.type: c for c in _conditions([], plan, T0, 3, ["kind-control-plane"])}
+    assert conditions["Prefetched"].message == (
+        "0/2 nodes hold v2 (1 node left out: no agent tolerates its taints: kind-control-plane)"
+    )
+    plain = {c.type: c for c in _conditions([], plan, T0, 3)}
+    assert plain["Prefetched"].message == "0/2 nodes hold v2"
+
+    nothing = plan_rollout(SPEC, [], {}, None, now=T0)
+    left = [f"cp-{i}" for i in range(5)]
+    reconciling = next(c for c in _conditions([], nothing, T0, 3, left) if c.type == "Reconciling")
+    assert (reconciling.status, reconciling.reason) == ("True", "NoNodesSelected")
+    assert reconciling.message == (
+        "no node an agent runs on matches nodeSelector "
+        "(5 nodes left out: no agent tolerates their taints: cp-0, cp-1, cp-2, ...)"
+    )

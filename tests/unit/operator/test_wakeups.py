@@ -7,6 +7,7 @@ import threading
 
 import pytest
 
+from modelcache.operator.tolerations import Taint
 from modelcache.operator.wakeups import (
     NodeSelectionMemory,
     WakeupBoard,
@@ -66,3 +67,13 @@ def test_node_status_updates_do_not_wake_reconciles() -> None:
     assert memory.changed("MODIFIED", "node2", {})  # first seen through a modification
     assert memory.changed("DELETED", "node1", {"gpu": "h100"})
     assert memory.changed("ADDED", "node1", {"gpu": "h100"})  # back: selected again
+
+
+def test_a_taint_added_or_removed_wakes_reconciles() -> None:
+    """A tainted Node may leave the agent's reach (or come back into it)."""
+    memory = NodeSelectionMemory()
+    control_plane = (Taint("node-role.kubernetes.io/control-plane", "NoSchedule"),)
+    assert memory.changed("ADDED", "node1", {}, taints=())
+    assert memory.changed("MODIFIED", "node1", {}, taints=control_plane)
+    assert not memory.changed("MODIFIED", "node1", {}, taints=control_plane)
+    assert memory.changed("MODIFIED", "node1", {}, taints=())
