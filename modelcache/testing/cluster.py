@@ -95,6 +95,7 @@ def undo_leftovers() -> list[str]:
         kind = kindhost.leftovers(kindhost.data_root())
         if kind or kindhost.LEDGER.exists():
             kindhost.undo_all()
+            kindhost.drop_killed_data_root(kindhost.data_root())
         return found + kind
     finally:
         lock.release()
@@ -330,7 +331,7 @@ class KubeletCluster:
         self.work_dir.mkdir(parents=True, exist_ok=True)
         usage = shutil.disk_usage(self.work_dir)
         sizes = [i.tarball.stat().st_size for i in self.images]
-        need = import_disk_need(sizes, self.node_count) + usage.total // 20 + (4 << 30)
+        need = import_disk_need([sizes] * self.node_count) + usage.total // 20 + (4 << 30)
         if usage.free < need:
             raise ClusterError(
                 f"not enough disk for a {self.node_count}-node cluster under {self.work_dir}: "

@@ -33,9 +33,10 @@ def unpacked_layer_digests(content_listing: str) -> list[str]:
     return sorted(layers & present)
 
 
-def import_disk_need(image_sizes: Sequence[int], nodes: int) -> int:
-    """Bytes a cluster's image imports take at their peak: every image once per node, plus
+def import_disk_need(per_node: Sequence[Sequence[int]]) -> int:
+    """Bytes a cluster's image imports take at their peak: each node's images once, plus
     a second copy of the largest while it imports (big ones go one node at a time)."""
-    if not image_sizes:
+    sizes = [size for node in per_node for size in node]
+    if not sizes:
         return 0
-    return sum(image_sizes) * nodes + max(image_sizes)
+    return sum(sizes) + max(sizes)

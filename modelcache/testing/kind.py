@@ -377,16 +377,34 @@ class KindCluster:
         say(f"kind cluster ready: {len(self.nodes)} workers, KUBECONFIG={self.kubeconfig}")
 
     def _check_disk(self) -> None:
-        """Fail at once when the workers' images would fill the disk."""
+        """Fail at once when the workers' images would fill the disk: each worker keeps the
+        images it is given once, the largest briefly twice, and an agent refuses pulls
+        above 95% full (its default high watermark)."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         usage = shutil.disk_usage(self.work_dir)
-        sizes = [i.tarball.stat().st_size for i in self.images]
-        need = import_disk_need(sizes, len(self._workers)) + usage.total // 20 + (4 << 30)
+        held = self._workers[-1]
+        per_worker = [
+            [
+                i.tarball.stat().st_size
+                for i in self.images
+                if i.ref in self._wanted(studio=self.studio and worker is not held)
+            ]
+            for worker in self._workers
+        ]
+        need = import_disk_need(per_worker) + usage.total // 20 + (4 << 30)
         if usage.free < need:
             raise KindError(
                 f"not enough disk for the kind cluster under {self.work_dir}: "
-                f"{usage.free / 2**30:.1f} GiB free, about {need / 2**30:.1f} GiB needed"
+                f"{usage.free / 2**30:.1f} GiB free, about {need / 2**30:.1f} GiB needed "
+                "(the images each worker holds, and 5% of the disk kept free for the "
+                "agents' watermark)"
             )
+
+    @staticmethod
+    def _wanted(*, studio: bool) -> set[str]:
+        """The images a worker is given: the project's, and the studio's where studio
+        pods run (pause and CoreDNS are in the node image already)."""
+        return {image.ref for image in PROJECT_IMAGES} | ({STUDIO_IMAGE} if studio else set())
 
     def _start_docker(self) -> None:
         extra = [f"--cgroup-parent=/{kindhost.CGROUP_PARENT}"]
@@ -407,11 +425,18 @@ class KindCluster:
         ).start()
         assert self.docker.pid is not None
         kindhost.Ledger().add_pid(self.docker.pid)
-        # A killed run's containers and network are in the data root still.
-        left = self._docker("ps", "-aq").split()
-        if left:
-            self._docker("rm", "--force", *left)
+        # A killed run's containers, their volumes (each node's /var: its images) and
+        # network are in the data root still.
+        self._remove_containers(check=True)
         self._docker("network", "prune", "--force")
+
+    def _remove_containers(self, *, check: bool) -> None:
+        """Every container on the private daemon, with its volumes: a kind node keeps its
+        /var (containerd's images, GBs) in an anonymous volume that outlives the node."""
+        left = self._docker("ps", "-aq", check=check).split()
+        if left:
+            self._docker("rm", "--force", "--volumes", *left, check=check)
+        self._docker("volume", "prune", "--all", "--force", check=check)
 
     def _run(
         self,
@@ -471,9 +496,9 @@ class KindCluster:
         """Each image into the node's containerd (as `kind load` does), then its layer
         blobs dropped once unpacked: a multi-GB image costs the node its size once."""
         assert self.docker is not None
-        wanted = {image.ref for image in PROJECT_IMAGES} | ({STUDIO_IMAGE} if studio else set())
+        wanted = self._wanted(studio=studio)
         for image in sorted(self.images, key=lambda i: i.tarball.stat().st_size):
-            if image.ref not in wanted:  # pause and CoreDNS: in the node image already
+            if image.ref not in wanted:
                 continue
             big = image.tarball.stat().st_size >= BIG_IMAGE_BYTES
             self.report(f"importing {image.ref} into {node.name}" + (" (large)" if big else ""))
@@ -526,9 +551,7 @@ class KindCluster:
                         self._docker("exec", worker.name, *empty, check=False)
                     if self.kind_tools is not None:
                         self._kind("delete", "cluster", f"--name={self.name}", check=False)
-                    left = self._docker("ps", "-aq", check=False).split()
-                    if left:
-                        self._docker("rm", "--force", *left, check=False)
+                    self._remove_containers(check=False)
                     self._docker("network", "rm", kindhost.NETWORK, check=False)
                 self.docker.stop()
             self.docker = None

@@ -133,7 +133,36 @@ def leftovers(data_root: Path | None = None) -> list[str]:
         found.append(f"link {BRIDGE}")
     roots = [STATE_ROOT] + ([data_root] if data_root is not None else [])
     found += [f"mount {m}" for m in mounts_under(roots)]
+    if data_root is not None:
+        found += [f"container {c}" for c in stored_containers(data_root)]
     return found
+
+
+def stored_containers(root: Path) -> list[str]:
+    """Containers and volumes the daemon's data root still keeps (a node's volume holds its
+    images, GBs): none after a clean stop, which removes them with the cluster."""
+    found = [p.name[:12] for p in _entries(root / "containers")]
+    found += [
+        f"volume {p.name[:12]}"
+        for p in _entries(root / "volumes")
+        if p.is_dir()  # beside the volumes: metadata.db, backingFsBlockDev
+    ]
+    return sorted(found)
+
+
+def _entries(directory: Path) -> list[Path]:
+    try:
+        return list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+
+
+def drop_killed_data_root(root: Path) -> None:
+    """After a killed run (its daemon gone, its mounts undone) the data root still holds the
+    dead nodes and their volumes: drop it all. Only the node image goes with it, which the
+    next run rebuilds from its cached rootfs in about half a minute."""
+    if stored_containers(root) and not mounts_under([root]):
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def undo_all() -> None:

@@ -46,6 +46,12 @@ def test_a_store_without_manifests_drops_nothing() -> None:
 
 def test_the_largest_image_counts_twice_once_per_cluster_the_rest_once_per_node() -> None:
     gib = 1 << 30
-    assert import_disk_need([6 * gib, gib // 2], nodes=2) == 13 * gib + 6 * gib
-    assert import_disk_need([gib], nodes=1) == 2 * gib
-    assert import_disk_need([], nodes=3) == 0
+    assert import_disk_need([[6 * gib, gib // 2]] * 2) == 13 * gib + 6 * gib
+    assert import_disk_need([[gib]]) == 2 * gib
+    assert import_disk_need([[], [], []]) == 0
+
+
+def test_a_node_without_the_large_image_does_not_count_it() -> None:
+    """kind's held-back worker gets the operator and agent images only."""
+    gib = 1 << 30
+    assert import_disk_need([[6 * gib, gib], [6 * gib, gib], [gib]]) == 15 * gib + 6 * gib
