@@ -436,7 +436,7 @@ class KindCluster:
         left = self._docker("ps", "-aq", check=check).split()
         if left:
             self._docker("rm", "--force", "--volumes", *left, check=check)
-        self._docker("volume", "prune", "--all", "--force", check=check)
+        self._docker("volume", "prune", "--force", check=check)  # anonymous ones: kind's
 
     def _run(
         self,
