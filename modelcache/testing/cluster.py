@@ -95,7 +95,6 @@ def undo_leftovers() -> list[str]:
         kind = kindhost.leftovers(kindhost.data_root())
         if kind or kindhost.LEDGER.exists():
             kindhost.undo_all()
-            kindhost.drop_killed_data_root(kindhost.data_root())
         return found + kind
     finally:
         lock.release()

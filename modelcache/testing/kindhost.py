@@ -135,6 +135,8 @@ def leftovers(data_root: Path | None = None) -> list[str]:
     found += [f"mount {m}" for m in mounts_under(roots)]
     if data_root is not None:
         found += [f"container {c}" for c in stored_containers(data_root)]
+        if data_root.with_name(f"{data_root.name}.dropped").exists():
+            found.append(f"dir {data_root.name}.dropped (a killed run's data root)")
     return found
 
 
@@ -159,15 +161,19 @@ def _entries(directory: Path) -> list[Path]:
 
 def drop_killed_data_root(root: Path) -> None:
     """After a killed run (its daemon gone, its mounts undone) the data root still holds the
-    dead nodes and their volumes: drop it all. Only the node image goes with it, which the
-    next run rebuilds from its cached rootfs in about half a minute."""
-    if stored_containers(root) and not mounts_under([root]):
-        shutil.rmtree(root, ignore_errors=True)
+    dead nodes and their volumes (GBs): drop it all. Only the node image goes with it,
+    which the next run rebuilds from its cached rootfs in about half a minute. Renamed
+    away first, in one step: a next run never meets a half-deleted image store."""
+    if not stored_containers(root) or mounts_under([root]):
+        return
+    trash = root.with_name(f"{root.name}.dropped")
+    shutil.rmtree(trash, ignore_errors=True)
+    root.rename(trash)
+    shutil.rmtree(trash, ignore_errors=True)
 
 
-def undo_all() -> None:
-    """Put the machine back after a kind run: safe at any time and more than once."""
-    data = Ledger().read()
+def _kill_ours(data: dict[str, Any]) -> None:
+    """The daemon by its recorded PID, then whatever of ours is left (containerd, shims)."""
     for entry in data.get("pids", []):
         pid = int(entry["pid"])
         if entry.get("cmdline") and _cmdline(pid) == entry["cmdline"]:
@@ -182,6 +188,12 @@ def undo_all() -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.3)
+
+
+def undo_all() -> None:
+    """Put the machine back after a kind run: safe at any time and more than once."""
+    data = Ledger().read()
+    _kill_ours(data)
     roots = [STATE_ROOT] + ([Path(data["data_root"])] if data.get("data_root") else [])
     unmount_under(*roots)
     for _ in range(5):
@@ -201,4 +213,6 @@ def undo_all() -> None:
             MODULES.rmdir()  # only if empty: never a user's modules
     if data.get("work_dir"):
         shutil.rmtree(Path(data["work_dir"]) / "nodes", ignore_errors=True)
+    if data.get("data_root"):  # before the ledger goes: the next run waits for that
+        drop_killed_data_root(Path(data["data_root"]))
     shutil.rmtree(STATE_ROOT, ignore_errors=True)

@@ -63,8 +63,6 @@ def watch_kind(owner: int, interval: float = 1.0) -> None:
         data_root = kindhost.Ledger().read().get("data_root")
         print(f"owner {owner} died with a kind cluster up: undoing its changes", flush=True)
         kindhost.undo_all()
-        if data_root:
-            kindhost.drop_killed_data_root(Path(data_root))
         left = kindhost.leftovers(Path(data_root) if data_root else None)
         print(f"left over after the undo: {left or 'nothing'}", flush=True)
 

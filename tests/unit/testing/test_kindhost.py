@@ -34,6 +34,7 @@ def test_a_killed_runs_nodes_and_volumes_are_named_and_dropped(tmp_path: Path) -
     assert stored_containers(root) == ["a" * 12, f"volume {'b' * 12}", f"volume {'c' * 12}"]
     drop_killed_data_root(root)
     assert not root.exists()
+    assert not root.with_name("kind-docker.dropped").exists()
     assert stored_containers(root) == []
 
 
