@@ -256,6 +256,9 @@ def test_a_node_whose_kubelet_stops_mid_rollout_counts_as_failed(
     models.set_version("kubelet", "v2")  # a prefetch of 512 MB at 8 MB/s per node
     eventually(lambda: models.status("kubelet").get("phase") == "Prefetching", "prefetching", 30)
     silent = nodes[-1]
+    # KubeletCluster stops the node's kubelet process; kind cannot, so KindCluster runs
+    # `systemctl stop kubelet` inside the node container. Either way the node's pods and
+    # containerd keep running and only the API server's view of the node goes stale.
     e2e_cluster.stop_kubelet(silent)
     try:
         eventually(lambda: not node_ready(cluster_api, silent.name), f"{silent.name} NotReady", 90)
@@ -300,6 +303,9 @@ def test_a_node_that_joins_gets_the_live_version(
     models.set_version("join", "v2")
     eventually(lambda: models.ready_on("join", "v2", len(e2e_cluster.nodes)), "READY v2", 180)
 
+    # KubeletCluster starts a new kubelet; kind cannot add a node to a running cluster, so
+    # KindCluster starts the worker it made with the cluster and held back (its kubelet
+    # stopped, its Node deleted): a Node registers anew either way, with an empty cache.
     joined = e2e_cluster.add_node(studio=False)
     total = len(e2e_cluster.nodes)
     eventually(lambda: models.ready_on("join", "v2", total), f"READY {total}/{total}", 240)
