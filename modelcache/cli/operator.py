@@ -24,6 +24,18 @@ def _tolerations(text: str | None) -> tuple[Toleration, ...] | None:
         raise typer.BadParameter(str(error), param_hint="--agent-tolerations") from None
 
 
+def _node_selector(text: str | None) -> dict[str, str] | None:
+    """The option's JSON, checked before the operator starts."""
+    from modelcache.operator.tolerations import parse_node_selector  # noqa: PLC0415 - CLI start
+
+    if text is None:
+        return None
+    try:
+        return parse_node_selector(text)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--agent-node-selector") from None
+
+
 def operator(
     kubeconfig: Annotated[
         Path | None,
@@ -77,9 +89,20 @@ def operator(
             "Default: no Node is left out.",
         ),
     ] = None,
+    agent_node_selector: Annotated[
+        str | None,
+        typer.Option(
+            "--agent-node-selector",
+            metavar="JSON",
+            help="The agent DaemonSet's nodeSelector, a JSON object of label to value (the "
+            "chart passes agent.nodeSelector): a Node whose labels it does not match runs no "
+            "agent and is left out of rollouts. Default: no Node is left out.",
+        ),
+    ] = None,
 ) -> None:
     """Reconcile ModelVersions into NodeCaches and roll versions out in waves."""
     tolerations = _tolerations(agent_tolerations)
+    selector = _node_selector(agent_node_selector)
     from modelcache.operator.run import run_operator  # noqa: PLC0415 - needs [operator]
 
     logging.basicConfig(
@@ -94,6 +117,7 @@ def operator(
         metrics_port=metrics_port,
         metrics_host=metrics_host,
         agent_tolerations=tolerations,
+        agent_node_selector=selector,
     )
 
 

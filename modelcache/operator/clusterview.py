@@ -34,11 +34,15 @@ class ClusterView:
         selector: LabelSelector,
         tolerations: Sequence[Toleration] | None,
         holding: Collection[str] = (),
+        agent_selector: Mapping[str, str] | None = None,
     ) -> tuple[list[str], list[str]]:
-        """The nodes `selector` matches split into those an agent with `tolerations` runs
-        on and those whose taints keep it off (None: tolerations unknown, none left out);
-        `holding`: nodes that already hold the model (see `split_schedulable`)."""
-        return split_schedulable(self.node_taints, self.select(selector), tolerations, holding)
+        """The nodes `selector` matches split into those an agent with `tolerations` (and
+        `agent_selector`, its DaemonSet's nodeSelector) runs on and those it does not
+        (None: unknown, none left out); `holding`: see `split_schedulable`."""
+        placement = None if agent_selector is None else (agent_selector, self.node_labels)
+        return split_schedulable(
+            self.node_taints, self.select(selector), tolerations, holding, placement
+        )
 
     @classmethod
     def from_indexes(

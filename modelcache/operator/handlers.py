@@ -62,6 +62,7 @@ def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> Non
         api,
         metrics=memo.get("metrics") or OperatorMetrics(),
         agent_tolerations=memo.get("agent_tolerations"),
+        agent_node_selector=memo.get("agent_node_selector"),
     )
     memo.wakeups = WakeupBoard()
     memo.node_selection = NodeSelectionMemory()

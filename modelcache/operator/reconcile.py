@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -83,9 +83,12 @@ class Reconciler:
         clock: Clock = utcnow,
         metrics: OperatorMetrics | None = None,
         agent_tolerations: tuple[Toleration, ...] | None = None,
+        agent_node_selector: Mapping[str, str] | None = None,
     ) -> None:
-        """`agent_tolerations`: the agent DaemonSet's pod template's; a selected Node whose
-        taints they do not tolerate runs no agent and is left out (None: none is)."""
+        """`agent_tolerations`, `agent_node_selector`: the agent DaemonSet's pod template's;
+        a selected Node whose taints they do not tolerate, or whose labels the selector
+        does not match, runs no agent and is left out (None: none is)."""
+        self.agent_selector = agent_node_selector
         self.custom = client.CustomObjectsApi(api)
         self.core = client.CoreV1Api(api)
         self.clock = clock
@@ -136,7 +139,9 @@ class Reconciler:
             self.core.list_node(label_selector=selector or None)
         )["items"]
         taints = {str(n["metadata"]["name"]): taints_of(n.get("spec")) for n in nodes}
-        names, left_out = split_schedulable(taints, taints, self.tolerations, holding)
+        labels = {str(n["metadata"]["name"]): n["metadata"].get("labels") or {} for n in nodes}
+        placement = None if self.agent_selector is None else (self.agent_selector, labels)
+        names, left_out = split_schedulable(taints, taints, self.tolerations, holding, placement)
         not_ready = frozenset(
             str(n["metadata"]["name"]) for n in nodes if not node_is_ready(n.get("status"))
         )
@@ -163,7 +168,9 @@ class Reconciler:
         if view is None:
             nodes, left_out, not_ready = self._selected_nodes(spec, holding)
         else:
-            nodes, left_out = view.schedulable(spec.node_selector, self.tolerations, holding)
+            nodes, left_out = view.schedulable(
+                spec.node_selector, self.tolerations, holding, self.agent_selector
+            )
             not_ready = view.not_ready
         statuses = {
             node: self._parse(caches[node])[1] if node in caches else None for node in nodes
@@ -431,8 +438,8 @@ def left_out_note(left_out: list[str], shown: int = 3) -> str:
         return ""
     names = ", ".join(left_out[:shown]) + (", ..." if len(left_out) > shown else "")
     if len(left_out) == 1:
-        return f" (1 node left out: no agent tolerates its taints: {names})"
-    return f" ({len(left_out)} nodes left out: no agent tolerates their taints: {names})"
+        return f" (1 node left out: the agent does not run there: {names})"
+    return f" ({len(left_out)} nodes left out: the agent does not run there: {names})"
 
 
 def _gitops_conditions(

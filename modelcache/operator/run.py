@@ -48,6 +48,7 @@ def run_operator(
     metrics_port: int | None = None,
     metrics_host: str = "0.0.0.0",  # noqa: S104 - scraped by Prometheus from outside the pod
     agent_tolerations: tuple[Toleration, ...] | None = None,
+    agent_node_selector: dict[str, str] | None = None,
     stop: threading.Event | None = None,
     ready: threading.Event | None = None,
 ) -> None:
@@ -57,7 +58,8 @@ def run_operator(
     priority, so two replicas started alike (a Deployment) must not tie. `metrics_port`:
     serve Prometheus metrics there (None: none), on the agents' bounded server.
     `agent_tolerations`: the agent DaemonSet's; Nodes whose taints they do not tolerate
-    are left out of every rollout (None: no Node is)."""
+    are left out of every rollout (None: no Node is); `agent_node_selector` likewise
+    by labels."""
     import modelcache.operator.handlers  # noqa: F401, PLC0415 - registers the handlers
 
     if kubeconfig is not None:
@@ -74,6 +76,7 @@ def run_operator(
         peering_lifetime=peering_lifetime,
         metrics=metrics,
         agent_tolerations=agent_tolerations,
+        agent_node_selector=agent_node_selector,
     )
     server = None
     if metrics_port is not None:

@@ -91,6 +91,7 @@ def split_schedulable(
     names: Iterable[str],
     tolerations: Sequence[Toleration] | None,
     holding: Collection[str] = (),
+    placement: tuple[Mapping[str, str], Mapping[str, Mapping[str, str]]] | None = None,
 ) -> tuple[list[str], list[str]]:
     """`names` split into the Nodes a daemon pod with `tolerations` runs on and those it
     does not, each sorted. `tolerations=None` (not known): every Node is kept.
@@ -98,18 +99,53 @@ def split_schedulable(
     A Node in `holding` (its NodeCache already has this model) keeps it under a
     NoSchedule taint put on later (a maintenance taint): NoSchedule does not evict the
     agent already there, and leaving the Node out would delete the model under its pods.
-    Only NoExecute, which evicts the agent, leaves such a Node out."""
+    Only NoExecute, which evicts the agent, leaves such a Node out.
+
+    `placement`: the agent DaemonSet's nodeSelector and every Node's labels; a Node it
+    does not match runs no agent (the DaemonSet controller removes one already there)."""
     names = sorted(names)
-    if tolerations is None:
-        return names, []
     kept: list[str] = []
     left_out: list[str] = []
     for name in names:
-        blocking = untolerated(taints.get(name, ()), tolerations)
+        blocking = [] if tolerations is None else untolerated(taints.get(name, ()), tolerations)
         if name in holding:
             blocking = [t for t in blocking if t.effect == "NoExecute"]
-        (left_out if blocking else kept).append(name)
+        runs = not blocking and (placement is None or _matches(placement, name))
+        (kept if runs else left_out).append(name)
     return kept, left_out
+
+
+def _matches(
+    placement: tuple[Mapping[str, str], Mapping[str, Mapping[str, str]]], node: str
+) -> bool:
+    selector, labels = placement
+    mine = labels.get(node, {})
+    return all(mine.get(key) == value for key, value in selector.items())
+
+
+MAX_NODE_SELECTOR_BYTES = 64 * 1024
+
+
+def parse_node_selector(text: str) -> dict[str, str]:
+    """The agent's nodeSelector as JSON (a pod spec's map of label to value); ValueError
+    naming the entry when it is not one."""
+    size = len(text.encode())
+    if size > MAX_NODE_SELECTOR_BYTES:
+        raise ValueError(f"nodeSelector: {size} bytes, at most {MAX_NODE_SELECTOR_BYTES}")
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"nodeSelector: not JSON: {error}") from None
+    if items is None:
+        return {}
+    if not isinstance(items, dict):
+        raise ValueError(f"nodeSelector: a JSON object expected, got {type(items).__name__}")
+    for key, value in items.items():
+        if not key or len(key) > MAX_KEY:
+            raise ValueError(f"nodeSelector: key {key[:40]!r}: 1 to {MAX_KEY} characters")
+        if not isinstance(value, str) or len(value) > MAX_VALUE:
+            raise ValueError(f"nodeSelector[{key!r}]: a string of at most {MAX_VALUE} characters")
+    return dict(items)
 
 
 def taints_of(spec: Mapping[str, Any] | None) -> tuple[Taint, ...]:

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from kubernetes import client
 
-from modelcache.operator.tolerations import parse_tolerations
+from modelcache.operator.tolerations import parse_node_selector, parse_tolerations
 from modelcache.testing import KubeControlPlane, Toolchain
 from tests.integration.deploy.chart import (
     ALL_ON,
@@ -444,3 +444,24 @@ def test_the_operator_is_told_exactly_the_agents_tolerations(
     values.write_text(yaml.safe_dump({"agent": {"tolerations": []}}))
     none = render(toolchain, tmp_path, "mc", "modelcache-system", "-f", str(values))
     assert operator_told_tolerations(none) == [], "no toleration: every tainted Node left out"
+
+
+def operator_told_node_selector(objects: list[dict[str, Any]]) -> dict[str, str]:
+    """The labels the operator's --agent-node-selector carries, as it parses them."""
+    args = one(objects, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    (given,) = [a for a in args if a.startswith("--agent-node-selector=")]
+    return parse_node_selector(given.removeprefix("--agent-node-selector="))
+
+
+def test_the_operator_is_told_exactly_the_agents_node_selector(
+    toolchain: Toolchain, tmp_path: Path
+) -> None:
+    """So it leaves out the Nodes the agent DaemonSet is not placed on by labels."""
+    defaults = render(toolchain, tmp_path, "mc", "modelcache-system")
+    assert operator_told_node_selector(defaults) == {}, "the default: every Node"
+    gpu = {"nvidia.com/gpu.present": "true", "pool": 'a "b" #c'}
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump({"agent": {"nodeSelector": gpu}}))
+    custom = render(toolchain, tmp_path, "mc", "modelcache-system", "-f", str(values))
+    assert one(custom, "DaemonSet")["spec"]["template"]["spec"]["nodeSelector"] == gpu
+    assert operator_told_node_selector(custom) == gpu

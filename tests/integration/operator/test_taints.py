@@ -121,7 +121,7 @@ def _roll_out_and_let_the_control_plane_join(
     assert status["ready"] == "2/2"
     assert not has_entry(crds, nodes["control-plane"], name), "no agent there to act on it"
     assert prefetched_message(status) == (
-        f"2/2 nodes hold v1 (1 node left out: no agent tolerates its taints: "
+        f"2/2 nodes hold v1 (1 node left out: the agent does not run there: "
         f"{nodes['control-plane']})"
     )
 
@@ -181,3 +181,41 @@ def test_a_one_off_reconcile_listing_nodes_leaves_them_out_alike(
     unaware.reconcile("default", name)
     assert has_entry(crds, nodes["control-plane"], name), "every selected Node counts"
     assert status_of(crds, name)["ready"] == "2/3"
+
+
+def test_nodes_the_agents_node_selector_does_not_match_are_left_out(
+    kube_client: Any, crds: client.CustomObjectsApi, tainted_fleet: tuple[str, dict[str, str]]
+) -> None:
+    """The chart's agent.nodeSelector places agents on labelled Nodes only; a ModelVersion
+    selecting more counts only those (here: the GPU node; the plain one runs no agent)."""
+    pool, nodes = tainted_fleet
+    client.CoreV1Api(kube_client).patch_node(
+        nodes["gpu"], {"metadata": {"labels": {"accelerator": "gpu"}}}
+    )
+    name = f"sel-{uuid.uuid4().hex[:6]}"
+    apply_model_version(
+        crds,
+        name,
+        {
+            "source": {"url": "oss://models/sel"},
+            "version": "v1",
+            "nodeSelector": {"matchLabels": {"pool": pool}},
+        },
+    )
+    reconciler = Reconciler(
+        kube_client,
+        agent_tolerations=parse_tolerations(chart_default_tolerations()),
+        agent_node_selector={"accelerator": "gpu"},
+    )
+    for _ in range(4):
+        reconciler.reconcile("default", name)
+        agents_follow(crds, [nodes["gpu"]], name)
+    outcome = reconciler.reconcile("default", name)
+    assert outcome.plan is not None
+    assert (outcome.plan.phase, sorted(outcome.plan.assignments)) == ("Available", [nodes["gpu"]])
+    assert not has_entry(crds, nodes["plain"], name), "no agent there to act on it"
+    assert status_of(crds, name)["ready"] == "1/1"
+    assert prefetched_message(status_of(crds, name)) == (
+        f"1/1 nodes hold v1 (2 nodes left out: the agent does not run there: "
+        f"{nodes['control-plane']}, {nodes['plain']})"
+    )

@@ -29,3 +29,14 @@ def test_the_help_names_the_option() -> None:
     result = CliRunner().invoke(app, ["operator", "--help"])
     assert result.exit_code == 0
     assert "--agent-tolerations" in result.output
+
+
+def test_a_bad_node_selector_is_refused_before_the_operator_starts() -> None:
+    result = CliRunner().invoke(
+        app, ["operator", "--agent-node-selector", '{"gpu": true}'], env={"COLUMNS": "200"}
+    )
+    assert result.exit_code == 2, result.output
+    assert "--agent-node-selector" in result.output
+    assert "nodeSelector['gpu']: a string" in " ".join(
+        line.strip(" │") for line in result.output.splitlines()
+    )

@@ -95,3 +95,23 @@ def test_nodes_no_agent_runs_on_are_left_out_only_when_its_tolerations_are_known
         [],
     ), "only the nodes the selector matches are counted as left out"
     assert indexed.schedulable(LabelSelector(), None) == (["cp", "cpu-0", "gpu-0"], [])
+
+
+def test_nodes_the_agents_node_selector_does_not_match_are_left_out() -> None:
+    """The chart's agent.nodeSelector (GPU nodes only): a CPU node runs no agent."""
+    indexed = ClusterView.from_indexes(
+        {}, {"gpu-0": [{"pool": "a100", "gpu": "yes"}], "cpu-0": [{"pool": "a100"}]}
+    )
+    only_gpu = {"gpu": "yes"}
+    assert indexed.schedulable(LabelSelector(), None, agent_selector=only_gpu) == (
+        ["gpu-0"],
+        ["cpu-0"],
+    )
+    assert indexed.schedulable(LabelSelector(), None, agent_selector={}) == (
+        ["cpu-0", "gpu-0"],
+        [],
+    ), "an empty nodeSelector (the chart's default) matches every node"
+    assert indexed.schedulable(LabelSelector(), None, agent_selector={"gpu": "no"}) == (
+        [],
+        ["cpu-0", "gpu-0"],
+    )

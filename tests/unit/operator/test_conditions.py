@@ -72,7 +72,7 @@ def test_nodes_left_out_for_their_taints_are_named_in_the_status() -> None:
     plan = plan_rollout(SPEC, ["gpu-0", "gpu-1"], {}, None, now=T0)
     conditions = {c.type: c for c in _conditions([], plan, T0, 3, ["kind-control-plane"])}
     assert conditions["Prefetched"].message == (
-        "0/2 nodes hold v2 (1 node left out: no agent tolerates its taints: kind-control-plane)"
+        "0/2 nodes hold v2 (1 node left out: the agent does not run there: kind-control-plane)"
     )
     plain = {c.type: c for c in _conditions([], plan, T0, 3)}
     assert plain["Prefetched"].message == "0/2 nodes hold v2"
@@ -83,5 +83,5 @@ def test_nodes_left_out_for_their_taints_are_named_in_the_status() -> None:
     assert (reconciling.status, reconciling.reason) == ("True", "NoNodesSelected")
     assert reconciling.message == (
         "no node an agent runs on matches nodeSelector "
-        "(5 nodes left out: no agent tolerates their taints: cp-0, cp-1, cp-2, ...)"
+        "(5 nodes left out: the agent does not run there: cp-0, cp-1, cp-2, ...)"
     )

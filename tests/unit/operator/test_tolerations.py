@@ -18,6 +18,7 @@ from modelcache.operator.tolerations import (
     Taint,
     Toleration,
     daemon_pod_tolerations,
+    parse_node_selector,
     parse_tolerations,
     split_schedulable,
     taints_of,
@@ -342,4 +343,40 @@ def test_a_node_holding_the_model_keeps_it_under_a_later_no_schedule_taint() -> 
     assert split_schedulable(taints, taints, agent, holding={"held", "drained"}) == (
         ["held"],
         ["drained", "new"],
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("[]", "a JSON object expected, got list"),
+        ('{"gpu": 1}', "nodeSelector['gpu']: a string of at most 63 characters"),
+        ('{"": "x"}', "key '': 1 to 317 characters"),
+        ("{", "not JSON"),
+        (json.dumps({"a": "x" * 64}), "nodeSelector['a']: a string of at most 63 characters"),
+    ],
+)
+def test_a_bad_node_selector_is_refused_naming_the_entry(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_node_selector(text)
+
+
+def test_a_node_selector_parses_to_its_labels() -> None:
+    assert parse_node_selector('{"nvidia.com/gpu.present": "true"}') == {
+        "nvidia.com/gpu.present": "true"
+    }
+    assert parse_node_selector("{}") == {}
+    assert parse_node_selector("null") == {}
+    with pytest.raises(ValueError, match="at most 65536"):
+        parse_node_selector(json.dumps({"k": "v" * 70000}))
+
+
+def test_a_node_held_under_a_selector_it_no_longer_matches_is_left_out() -> None:
+    """The DaemonSet controller removes an agent whose Node stopped matching: no stickiness."""
+    labels = {"a": {"gpu": "yes"}, "b": {}}
+    assert split_schedulable(
+        {}, ["a", "b"], None, holding={"b"}, placement=({"gpu": "yes"}, labels)
+    ) == (
+        ["a"],
+        ["b"],
     )
